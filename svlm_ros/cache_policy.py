@@ -1,0 +1,237 @@
+"""The StreamingVLM cache policy: what stays in the one KV cache, in which order, at which position.
+
+Pure bookkeeping (token counts, ids and 3-D positions); no model and no key tensors. The session
+asks the policy for an ``EvictionPlan`` and hands it to ``BoundedKVCache.compact``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+SINK = "sink"
+PREVIOUS_TEXT = "previous_text"
+ROUND = "round"
+
+
+@dataclass(frozen=True)
+class CachePolicyConfig:
+    """Sizes of the bounded cache (defaults are StreamingVLM's).
+
+    Attributes:
+        text_sink_tokens: First tokens of the ``previous text`` block that are never dropped.
+        text_window_tokens: Most recent tokens of the ``previous text`` block that are kept.
+        vision_window_seconds: Rounds (seconds) kept whole, newest included.
+    """
+
+    text_sink_tokens: int = 512
+    text_window_tokens: int = 512
+    vision_window_seconds: int = 16
+
+    def __post_init__(self):
+        if self.text_sink_tokens < 0 or self.text_window_tokens < 0:
+            raise ValueError("text_sink_tokens and text_window_tokens must be >= 0")
+        if self.vision_window_seconds < 1:
+            raise ValueError(
+                f"vision_window_seconds must be >= 1 (the newest second is always kept), "
+                f"got {self.vision_window_seconds}"
+            )
+
+
+@dataclass
+class RoundSpan:
+    """One second of stream in the cache: ``prompt`` (time text, video, turn framing),
+    ``text`` (the assistant's generated words) and ``close`` (end-of-turn framing)."""
+
+    stream_second: float
+    prompt_tokens: int
+    text_tokens: int = 0
+    close_tokens: int = 0
+
+    @property
+    def length(self) -> int:
+        return self.prompt_tokens + self.text_tokens + self.close_tokens
+
+
+@dataclass
+class EvictionPlan:
+    """What ``BoundedKVCache.compact`` must do.
+
+    Attributes:
+        kept_index: Old cache indices of the retained tokens, in their new order.
+        shift: New minus old position for each retained token (equal on all three axes).
+        evicted_tokens: How many tokens leave the cache.
+    """
+
+    kept_index: torch.Tensor
+    shift: torch.Tensor
+    evicted_tokens: int
+
+
+@dataclass
+class StreamingCachePolicy:
+    """Layout and eviction rules of the bounded streaming cache.
+
+    Cache order: ``[sink][previous text][round][round]...[round]`` followed, only while a
+    round or an answer is being generated, by that round's or answer's tokens.
+
+    Invariants (each is tested):
+      * tokens held never exceed ``bound`` (the caller sizes the cache with it);
+      * the sink (system prompt + first instruction) is never moved or rewritten, so its
+        cached keys and values stay bit-exact for the whole stream;
+      * at most ``vision_window_seconds`` rounds are held and the newest round is always whole;
+      * ``previous text`` holds at most ``text_sink_tokens + text_window_tokens`` tokens: the
+        first ``text_sink_tokens`` that ever entered it and the most recent ``text_window_tokens``;
+      * when a round leaves the window, its assistant text moves (as existing KV entries, never
+        recomputed) to the end of ``previous text``; its prompt and close tokens are evicted;
+      * positions are contiguous: each text token is one past the previous block, and a vision
+        block keeps its internal (t, h, w) layout at a gap-free offset, exactly the positions
+        transformers' ``get_rope_index`` gives the retained sequence computed from scratch.
+
+    The per-token ``token_ids`` (``-1`` never appears; video tokens hold the video pad id) and
+    ``positions`` (``(3, tokens)``) mirror the cache order and are kept here.
+    """
+
+    config: CachePolicyConfig
+    sink_tokens: int = 0
+    previous_text_tokens: int = 0
+    rounds: list[RoundSpan] = field(default_factory=list)
+    token_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    positions: torch.Tensor = field(default_factory=lambda: torch.zeros(3, 0, dtype=torch.long))
+    #: Total previous-text tokens ever dropped from the middle (for status and tests).
+    dropped_text_tokens: int = 0
+    evicted_rounds: int = 0
+
+    # ----- sizes ---------------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        """Tokens currently held."""
+        return int(self.token_ids.numel())
+
+    @property
+    def next_position(self) -> int:
+        """The position the next appended token takes (one past the last text token)."""
+        if self.length == 0:
+            return 0
+        return int(self.positions[:, -1].max()) + 1
+
+    def bound(self, sink_tokens: int, max_round_tokens: int, extra_tokens: int = 0) -> int:
+        """Hard upper bound on tokens held, from the config and the largest possible round.
+
+        Args:
+            sink_tokens: Length of the sink.
+            max_round_tokens: Largest possible round (prompt + generated text + close).
+            extra_tokens: Room for a transient extension (an ``ask``) on top of the rounds.
+        """
+        cfg = self.config
+        return (
+            sink_tokens
+            + cfg.text_sink_tokens
+            + cfg.text_window_tokens
+            + cfg.vision_window_seconds * max_round_tokens
+            + extra_tokens
+        )
+
+    # ----- appending -----------------------------------------------------------------------
+    def append(self, token_ids: torch.Tensor, positions: torch.Tensor) -> None:
+        """Record tokens that were just written to the cache (ids ``(n,)``, positions ``(3, n)``)."""
+        self.token_ids = torch.cat([self.token_ids, token_ids.detach().cpu().long()])
+        self.positions = torch.cat([self.positions, positions.detach().cpu().long()], dim=1)
+
+    def truncate(self, length: int) -> None:
+        """Forget appended tokens past ``length`` (undo of an ``ask``)."""
+        self.token_ids = self.token_ids[:length]
+        self.positions = self.positions[:, :length]
+
+    def mark_sink(self) -> None:
+        """Everything held so far is the sink (called once, after the first prefill)."""
+        if self.rounds or self.previous_text_tokens:
+            raise RuntimeError("the sink can only be marked before any round")
+        self.sink_tokens = self.length
+
+    def begin_round(self, stream_second: float, prompt_tokens: int) -> None:
+        self.rounds.append(RoundSpan(stream_second, prompt_tokens))
+
+    def end_round(self, text_tokens: int, close_tokens: int) -> None:
+        current = self.rounds[-1]
+        current.text_tokens = text_tokens
+        current.close_tokens = close_tokens
+        expected = self.sink_tokens + self.previous_text_tokens + sum(r.length for r in self.rounds)
+        assert expected == self.length, (expected, self.length)
+
+    # ----- eviction ------------------------------------------------------------------------
+    def rounds_to_evict(self, incoming_rounds: int = 1) -> int:
+        """Rounds that must leave so that ``incoming_rounds`` more fit in the vision window."""
+        return max(0, len(self.rounds) + incoming_rounds - self.config.vision_window_seconds)
+
+    def plan_eviction(self, rounds: int) -> EvictionPlan:
+        """Evict the ``rounds`` oldest rounds and return how the cache must be compacted.
+
+        The policy's own ids and positions are updated to the post-eviction state.
+        """
+        if rounds <= 0 or not self.rounds:
+            kept = torch.arange(self.length)
+            return EvictionPlan(kept, torch.zeros_like(kept), 0)
+        rounds = min(rounds, len(self.rounds))
+        sink_end = self.sink_tokens
+        text_end = sink_end + self.previous_text_tokens
+        previous_text = list(range(sink_end, text_end))
+        cursor = text_end
+        for span in self.rounds[:rounds]:
+            text_start = cursor + span.prompt_tokens
+            previous_text.extend(range(text_start, text_start + span.text_tokens))
+            cursor += span.length
+        limit = self.config.text_sink_tokens + self.config.text_window_tokens
+        if len(previous_text) > limit:
+            dropped = len(previous_text) - limit
+            cut = self.config.text_sink_tokens
+            previous_text = previous_text[:cut] + previous_text[cut + dropped :]
+            self.dropped_text_tokens += dropped
+        remaining_rounds_start = cursor
+        kept = torch.cat(
+            [
+                torch.arange(sink_end),
+                torch.tensor(previous_text, dtype=torch.long),
+                torch.arange(remaining_rounds_start, self.length),
+            ]
+        )
+        new_positions = self._contiguous_positions(
+            kept, sink_end, len(previous_text), self.rounds[rounds:]
+        )
+        shift = new_positions[0] - self.positions[0, kept]
+        evicted = self.length - kept.numel()
+        self.token_ids = self.token_ids[kept]
+        self.positions = new_positions
+        self.previous_text_tokens = len(previous_text)
+        del self.rounds[:rounds]
+        self.evicted_rounds += rounds
+        return EvictionPlan(kept, shift, evicted)
+
+    def _contiguous_positions(
+        self,
+        kept: torch.Tensor,
+        sink_tokens: int,
+        previous_text_tokens: int,
+        remaining_rounds: list[RoundSpan],
+    ) -> torch.Tensor:
+        """Gap-free positions for the retained tokens, in their new order.
+
+        The sink keeps its positions. Previous-text tokens are plain text: one position each.
+        Each remaining round is moved rigidly (its vision block keeps its t/h/w layout) so that
+        it starts one past the end of what precedes it, as a fresh computation would place it.
+        """
+        old = self.positions[:, kept]
+        new = old.clone()
+        cursor = int(old[:, :sink_tokens].max()) + 1 if sink_tokens else 0
+        text_slice = slice(sink_tokens, sink_tokens + previous_text_tokens)
+        new[:, text_slice] = torch.arange(cursor, cursor + previous_text_tokens).expand(3, -1)
+        cursor += previous_text_tokens
+        start = sink_tokens + previous_text_tokens
+        for span in remaining_rounds:
+            block = slice(start, start + span.length)
+            # Rounds begin with a text token, whose three coordinates are equal.
+            new[:, block] = old[:, block] + (cursor - int(old[0, start]))
+            cursor = int(new[:, block][:, -1].max()) + 1
+            start += span.length
+        return new

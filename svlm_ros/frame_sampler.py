@@ -1,0 +1,184 @@
+"""Turn a camera stream at any rate into whole seconds of ``fps`` frames each.
+
+Thread-safe: a camera callback calls ``add`` (cheap: validation and, for a sampled frame, one
+reference kept) while the worker thread calls ``pop_ready``. Time is the frames' own stamps
+(the camera clock or simulated time), never the wall clock, so replayed bags and simulation
+narrate their own time.
+
+Documented recoveries:
+  * a stamp earlier than the newest accepted one is rejected (``FrameRejected``); the stream
+    goes on with the next frame that moves forward;
+  * a stall (no frames for seconds or minutes) produces no rounds; when frames return, the
+    next round carries the true stream time, and the missing seconds are counted as ``gaps``;
+  * a second that got fewer than ``frames_per_round`` frames (a slow camera) repeats its last
+    frame; a second with none is not narrated;
+  * completed seconds that nobody consumes are dropped oldest first beyond ``max_pending``
+    and counted, so the queue never grows.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class FrameRejected(ValueError):
+    """A frame that cannot enter the stream; the message says why."""
+
+
+@dataclass
+class SecondOfFrames:
+    """The sampled frames of one period of stream time.
+
+    Attributes:
+        index: Period number since the stream began (0 for the first).
+        start: Stream time (s) at the start of the period.
+        end: Stream time (s) at its end.
+        end_stamp: Camera-clock stamp (s) of the end of the period.
+        frames: ``frames_per_round`` RGB uint8 frames (the last repeated if too few came).
+        received: How many distinct frames were sampled.
+    """
+
+    index: int
+    start: float
+    end: float
+    end_stamp: float
+    frames: list[np.ndarray] = field(default_factory=list)
+    received: int = 0
+
+
+def validate_frame(image: np.ndarray) -> None:
+    """Raise ``FrameRejected`` unless ``image`` is a non-empty ``(H, W, 3)`` uint8 array."""
+    if not isinstance(image, np.ndarray):
+        raise FrameRejected(f"frame must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise FrameRejected(f"frame dtype must be uint8 RGB, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise FrameRejected(f"frame shape must be (height, width, 3), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise FrameRejected(f"frame is empty: shape {image.shape}")
+
+
+class FrameSampler:
+    """Samples ``fps`` frames per second of stream time and groups them by period.
+
+    Args:
+        fps: Frames kept per second of stream time.
+        period: Seconds of stream per round.
+        max_pending: Completed periods kept for the consumer; older ones are dropped.
+    """
+
+    def __init__(self, fps: float = 2.0, period: float = 1.0, max_pending: int = 4):
+        if fps <= 0 or period <= 0:
+            raise ValueError(f"fps and period must be > 0, got fps={fps}, period={period}")
+        frames = fps * period
+        if abs(frames - round(frames)) > 1e-6 or round(frames) < 1:
+            raise ValueError(f"fps * period must be a whole number of frames, got {frames}")
+        self.fps = fps
+        self.period = period
+        self.frames_per_round = int(round(frames))
+        self.max_pending = max_pending
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: the next frame starts stream time at 0."""
+        with getattr(self, "_lock", threading.Lock()):
+            self.origin: float | None = None
+            self.last_stamp: float | None = None
+            self._current: SecondOfFrames | None = None
+            self._slots: list[np.ndarray | None] = []
+            self._ready: deque[SecondOfFrames] = deque()
+            self.gap_seconds = 0
+            self.dropped_unconsumed = 0
+            self.sampled_frames = 0
+
+    def add(self, image: np.ndarray, stamp: float) -> bool:
+        """Offer one frame. Returns True if it was sampled into the stream.
+
+        Raises:
+            FrameRejected: bad array, non-finite stamp, or a stamp earlier than the last one.
+        """
+        validate_frame(image)
+        if not math.isfinite(stamp):
+            raise FrameRejected(f"frame stamp is not finite: {stamp}")
+        with self._lock:
+            if self.last_stamp is not None and stamp < self.last_stamp:
+                raise FrameRejected(
+                    f"stamp went backwards by {self.last_stamp - stamp:.3f} s "
+                    f"({stamp:.3f} < {self.last_stamp:.3f})"
+                )
+            if self.origin is None:
+                self.origin = stamp
+            self.last_stamp = stamp
+            elapsed = stamp - self.origin
+            index = int(math.floor(elapsed / self.period + 1e-9))
+            if self._current is None or index > self._current.index:
+                self._close_current(index)
+                self._open(index)
+            current = self._current
+            slot = int((elapsed - current.start) * self.fps + 1e-9)
+            slot = min(max(slot, 0), self.frames_per_round - 1)
+            if self._slots[slot] is not None:
+                return False
+            self._slots[slot] = image
+            self.sampled_frames += 1
+            return True
+
+    def _open(self, index: int) -> None:
+        start = index * self.period
+        self._current = SecondOfFrames(
+            index=index,
+            start=start,
+            end=start + self.period,
+            end_stamp=self.origin + start + self.period,
+        )
+        self._slots = [None] * self.frames_per_round
+
+    def _close_current(self, next_index: int) -> None:
+        current = self._current
+        if current is None:
+            return
+        taken = [frame for frame in self._slots if frame is not None]
+        self.gap_seconds += max(0, next_index - current.index - 1)
+        if not taken:
+            return
+        current.received = len(taken)
+        # Fill empty slots with the nearest earlier frame (or the first one) so the video block
+        # always has frames_per_round frames, a multiple of the temporal patch size.
+        frames, last = [], taken[0]
+        for frame in self._slots:
+            last = frame if frame is not None else last
+            frames.append(last)
+        current.frames = frames
+        self._ready.append(current)
+        while len(self._ready) > self.max_pending:
+            self._ready.popleft()
+            self.dropped_unconsumed += 1
+
+    def pop_ready(self, latest_only: bool = False) -> tuple[SecondOfFrames | None, int]:
+        """Take the oldest completed period (or the newest, skipping the rest).
+
+        Returns:
+            ``(period or None, skipped)`` where ``skipped`` counts completed periods discarded
+            to stay current (only with ``latest_only``).
+        """
+        with self._lock:
+            if not self._ready:
+                return None, 0
+            if latest_only:
+                skipped = len(self._ready) - 1
+                newest = self._ready.pop()
+                self._ready.clear()
+                return newest, skipped
+            return self._ready.popleft(), 0
+
+    @property
+    def pending(self) -> int:
+        """Completed periods waiting for the consumer."""
+        with self._lock:
+            return len(self._ready)

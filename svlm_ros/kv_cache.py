@@ -1,0 +1,151 @@
+"""A preallocated key/value cache that is compacted in place, never grown.
+
+``BoundedKVCache`` is a transformers ``Cache`` whose per-layer tensors are allocated once with a
+fixed capacity (the policy's bound) and reused for the whole stream: new tokens are written
+after the live region and evicted tokens are squeezed out by ``compact``. Memory therefore stays
+flat for hours, and overflowing the bound is an error instead of a silent reallocation. Which
+tokens stay and where they move is decided by ``StreamingCachePolicy``; this file only moves
+tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from .rotary_shift import rotate_keys_by_shift
+
+
+class CacheOverflowError(RuntimeError):
+    """Raised when a write would exceed the preallocated capacity (a policy bug, never silent)."""
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One decoder layer's keys and values in fixed-capacity buffers.
+
+    It behaves like transformers' ``DynamicLayer`` towards the model (returns the live keys and
+    values, full causal attention over them) but writes into preallocated storage.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, _, head_dim = key_states.shape
+        self.device = key_states.device
+        self._key_buffer = key_states.new_zeros((batch, heads, self.capacity, head_dim))
+        self._value_buffer = value_states.new_zeros(
+            (batch, heads, self.capacity, value_states.shape[-1])
+        )
+        self.is_initialized = True
+        self._refresh_views()
+
+    def _refresh_views(self) -> None:
+        self.keys = self._key_buffer[:, :, : self.length]
+        self.values = self._value_buffer[:, :, : self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        new = key_states.shape[-2]
+        if self.length + new > self.capacity:
+            raise CacheOverflowError(
+                f"cache capacity {self.capacity} exceeded: {self.length} held + {new} new"
+            )
+        self._key_buffer[:, :, self.length : self.length + new] = key_states
+        self._value_buffer[:, :, self.length : self.length + new] = value_states
+        self.length += new
+        self._refresh_views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after ``length`` tokens (the stored prefix is untouched)."""
+        self.length = length
+        if self.is_initialized:
+            self._refresh_views()
+
+    def reset(self) -> None:
+        self.length = 0
+        if self.is_initialized:
+            self._refresh_views()
+
+    def compact(
+        self,
+        first_changed: int,
+        source_index: torch.Tensor,
+        shift: torch.Tensor,
+        inverse_frequencies: torch.Tensor,
+    ) -> None:
+        """Rewrite the region from ``first_changed`` on; tokens before it are not touched."""
+        if not self.is_initialized:
+            return
+        kept = source_index.numel()
+        keys = self._key_buffer[:, :, source_index]
+        values = self._value_buffer[:, :, source_index]
+        if bool((shift != 0).any()):
+            keys = rotate_keys_by_shift(keys, shift, inverse_frequencies)
+        end = first_changed + kept
+        self._key_buffer[:, :, first_changed:end] = keys
+        self._value_buffer[:, :, first_changed:end] = values
+        self.length = end
+        self._refresh_views()
+
+
+class BoundedKVCache(Cache):
+    """The one reused cache of a streaming session: ``num_layers`` preallocated layers.
+
+    Args:
+        num_layers: Decoder layers of the language model.
+        capacity: Hard bound on tokens held per layer (the policy's ``bound``).
+    """
+
+    def __init__(self, num_layers: int, capacity: int):
+        super().__init__(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
+        self.capacity = capacity
+
+    @property
+    def length(self) -> int:
+        """Tokens currently held (the same in every layer)."""
+        return self.layers[0].length
+
+    def truncate(self, length: int) -> None:
+        """Drop every token after the first ``length`` (used to undo an ``ask``)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
+        for layer in self.layers:
+            layer.truncate(length)
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+
+    def compact(
+        self, kept_index: torch.Tensor, shift: torch.Tensor, inverse_frequencies: torch.Tensor
+    ) -> None:
+        """Keep the tokens at ``kept_index`` (in that order) and rotate them by ``shift``.
+
+        Args:
+            kept_index: ``(kept,)`` old indices of the retained tokens, in their new order.
+            shift: ``(kept,)`` position shift (new minus old) per retained token.
+            inverse_frequencies: The model's rotary inverse frequencies.
+        """
+        # Leading tokens that stay in place with an unchanged position (the sink, and often
+        # the text sink) are not read or written: this is what keeps them bit-exact forever.
+        device = self.layers[0].device if self.layers[0].is_initialized else kept_index.device
+        arange = torch.arange(kept_index.numel(), device=kept_index.device)
+        moved = (kept_index != arange) | (shift != 0)
+        first_changed = int(moved.nonzero()[0]) if bool(moved.any()) else kept_index.numel()
+        tail_index = kept_index[first_changed:].to(device)
+        tail_shift = shift[first_changed:].to(device)
+        for layer in self.layers:
+            layer.compact(first_changed, tail_index, tail_shift, inverse_frequencies)

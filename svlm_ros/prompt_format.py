@@ -1,0 +1,101 @@
+"""The StreamingVLM conversation format, as token ids.
+
+One round per second of stream: a user turn with the time text (``Time=12.0-13.0s``) and that
+second's frames as one video block, then the assistant's words, which end with the `` ...``
+marker (a silent second is just ``\\n ...``). The first round is preceded by the sink: the system
+prompt and the task instruction, which stay in the cache forever.
+
+Pieces are tokenized separately and concatenated, so every round's ids are independent of what
+came before; the chat framing is Qwen's (``<|im_start|>role\\n ... <|im_end|>\\n``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are the eyes of a robot. You watch its camera live and say what is happening, "
+    "briefly, as it happens."
+)
+DEFAULT_INSTRUCTION = "Narrate what happens in front of the camera."
+END_MARKER = " ..."
+
+VIDEO_PAD = "<|video_pad|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+
+
+def time_text(start: float, end: float) -> str:
+    """The per-round time stamp, e.g. ``Time=12.0-13.0s``."""
+    return f"Time={start:.1f}-{end:.1f}s"
+
+
+def clean_narration(text: str) -> str:
+    """Strip the end-of-second marker and whitespace; an empty result means a silent second."""
+    text = text.strip()
+    while text.endswith(END_MARKER.strip()):
+        text = text[: -len(END_MARKER.strip())].rstrip()
+    return text
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """Builds the token ids of every piece of the stream for one tokenizer."""
+
+    tokenizer: object
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    instruction: str = DEFAULT_INSTRUCTION
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def token_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {token!r} token: not a Qwen2.5-VL tokenizer")
+        return int(token_id)
+
+    @property
+    def video_pad_id(self) -> int:
+        return self.token_id(VIDEO_PAD)
+
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.token_id(IM_END)
+
+    def sink_ids(self) -> list[int]:
+        """System prompt and the opening of the first user turn with the instruction."""
+        return self.encode(
+            f"{IM_START}system\n{self.system_prompt}{IM_END}\n{IM_START}user\n{self.instruction}\n"
+        )
+
+    def round_prompt_ids(
+        self, start: float, end: float, video_tokens: int, *, first: bool
+    ) -> list[int]:
+        """The user turn of one round up to the assistant header (the first round's user turn
+        was opened by the sink)."""
+        opening = [] if first else self.encode(f"{IM_START}user\n")
+        return (
+            opening
+            + self.encode(time_text(start, end))
+            + [self.token_id(VISION_START)]
+            + [self.video_pad_id] * video_tokens
+            + [self.token_id(VISION_END)]
+            + self.encode(f"{IM_END}\n{IM_START}assistant\n")
+        )
+
+    def close_ids(self) -> list[int]:
+        """Ends an assistant turn."""
+        return self.encode(f"{IM_END}\n")
+
+    def question_ids(self, question: str) -> list[int]:
+        """A user question as its own turn, followed by the assistant header."""
+        return self.encode(f"{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n")
+
+    def framing_tokens(self) -> int:
+        """Tokens of a round prompt besides time text and video pads."""
+        return len(self.round_prompt_ids(0.0, 1.0, 0, first=False)) - len(
+            self.encode(time_text(0.0, 1.0))
+        )

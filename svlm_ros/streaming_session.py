@@ -1,0 +1,382 @@
+"""A streaming narration session: frames in, one narration per second out, questions answered.
+
+``StreamingSession`` ties the pieces together for one camera: the frame sampler, the prompt
+format, the bounded cache and its policy, and token choice. It is plain Python + torch and never
+imports ROS; the narrator node drives one session per camera from a worker thread.
+
+Not thread-safe for model work: ``run_round``, ``ask`` and ``reset`` must be serialized by the
+caller (the node holds one lock per session). ``add_frame`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .cache_policy import CachePolicyConfig, StreamingCachePolicy
+from .decoding import SamplingConfig, TokenChooser
+from .frame_sampler import FrameSampler, SecondOfFrames
+from .kv_cache import BoundedKVCache
+from .model_loading import LoadedModel
+from .prompt_format import (
+    DEFAULT_INSTRUCTION,
+    DEFAULT_SYSTEM_PROMPT,
+    END_MARKER,
+    PromptFormat,
+    clean_narration,
+    time_text,
+)
+from .rotary_shift import rotary_inverse_frequencies
+from .vision_input import PATCH_FACTOR, VideoBlock, VisionInput
+
+# Stream times up to this many seconds (115 days) are covered by the cache bound; the time
+# text of longer streams would outgrow the tokens reserved for it.
+MAX_STREAM_SECONDS = 10_000_000
+
+
+class QuestionTooLong(ValueError):
+    """The question does not fit the tokens reserved for questions."""
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything that shapes a stream. Defaults follow StreamingVLM.
+
+    Attributes:
+        fps: Frames per second of stream time given to the model.
+        period: Seconds of stream per round (one narration per period).
+        max_pixels: Pixel budget per frame (602,112 = 768 tokens per temporal patch).
+        min_pixels: Smallest frame area; smaller frames are upscaled.
+        max_new_tokens: Most tokens generated per round.
+        system_prompt: System turn, part of the attention sink.
+        instruction: Task instruction of the first user turn, part of the attention sink.
+        cache: Sink and window sizes.
+        sampling: Token choice for narration.
+        max_question_tokens: Longest question ``ask`` accepts (tokens, framing included).
+        max_answer_tokens: Most tokens an answer may have.
+        max_pending_seconds: Completed seconds queued before the oldest is dropped.
+    """
+
+    fps: float = 2.0
+    period: float = 1.0
+    max_pixels: int = 602112
+    min_pixels: int = 78400
+    max_new_tokens: int = 20
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    instruction: str = DEFAULT_INSTRUCTION
+    cache: CachePolicyConfig = field(default_factory=CachePolicyConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    max_question_tokens: int = 256
+    max_answer_tokens: int = 64
+    max_pending_seconds: int = 4
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_question_tokens < 1 or self.max_answer_tokens < 1:
+            raise ValueError("max_question_tokens and max_answer_tokens must be >= 1")
+        if self.min_pixels < PATCH_FACTOR**2 or self.max_pixels < self.min_pixels:
+            raise ValueError(
+                f"need {PATCH_FACTOR**2} <= min_pixels <= max_pixels, "
+                f"got {self.min_pixels}, {self.max_pixels}"
+            )
+
+
+@dataclass
+class RoundResult:
+    """What one round produced.
+
+    Attributes:
+        start, end: Stream time (s) of the narrated period.
+        end_stamp: Camera-clock stamp (s) of the end of the period.
+        text: The narration with the end marker removed ('' when silent).
+        silent: Nothing new this period.
+        generated_tokens: Tokens generated (the marker included).
+        cache_tokens: Tokens held after the round.
+        evicted_tokens: Tokens evicted before the round.
+        frames_received: Distinct frames sampled in the period.
+        vision_tokens: Video tokens of the round.
+        timings_ms: ``preprocess``, ``evict``, ``prefill``, ``decode``, ``total`` milliseconds.
+    """
+
+    start: float
+    end: float
+    end_stamp: float
+    text: str
+    silent: bool
+    generated_tokens: int
+    cache_tokens: int
+    evicted_tokens: int
+    frames_received: int
+    vision_tokens: int
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class Answer:
+    """An answer from ``ask``; the stream's cache is unchanged by it."""
+
+    text: str
+    question_tokens: int
+    answer_tokens: int
+    latency: float
+
+
+class StreamingSession:
+    """One camera's live narration over one bounded, reused KV cache.
+
+    Args:
+        loaded: The model (see ``load_model``).
+        config: Stream settings.
+        record_logits: Keep the logits of every generated token of the last round in
+            ``last_round_logits`` (for exactness tests).
+    """
+
+    def __init__(self, loaded: LoadedModel, config: StreamConfig | None = None, *,
+                 record_logits: bool = False):
+        self.loaded = loaded
+        self.config = config or StreamConfig()
+        self.model = loaded.model
+        self.device = loaded.device
+        cfg = self.config
+        self.format = PromptFormat(loaded.tokenizer, cfg.system_prompt, cfg.instruction)
+        self.vision = VisionInput(
+            loaded.processor, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels, fps=cfg.fps
+        )
+        self.sampler = FrameSampler(cfg.fps, cfg.period, cfg.max_pending_seconds)
+        if self.sampler.frames_per_round % self.vision.temporal_patch:
+            raise ValueError(
+                f"fps * period = {self.sampler.frames_per_round} frames per round must be a "
+                f"multiple of the temporal patch size {self.vision.temporal_patch}"
+            )
+        self.inverse_frequencies = rotary_inverse_frequencies(self.model)
+        self._sink_ids = self.format.sink_ids()
+        self._close_ids = self.format.close_ids()
+        self.bound = self._compute_bound()
+        text_config = self.model.config.get_text_config()
+        self.cache = BoundedKVCache(text_config.num_hidden_layers, self.bound)
+        self.record_logits = record_logits
+        self.last_round_logits: list[torch.Tensor] = []
+        self.chooser = TokenChooser(cfg.sampling, self.device)
+        self.answer_chooser = TokenChooser(
+            SamplingConfig(temperature=0.0, repetition_penalty=cfg.sampling.repetition_penalty),
+            self.device,
+        )
+        self.reset()
+
+    # ----- sizes ---------------------------------------------------------------------------
+    def _max_round_tokens(self) -> int:
+        frames = self.sampler.frames_per_round
+        vision_tokens = (frames // self.vision.temporal_patch) * (
+            self.config.max_pixels // (PATCH_FACTOR * PATCH_FACTOR)
+        )
+        longest_time = len(self.format.encode(time_text(MAX_STREAM_SECONDS - 1.5,
+                                                         MAX_STREAM_SECONDS - 0.5)))
+        prompt = self.format.framing_tokens() + longest_time + vision_tokens
+        return prompt + self.config.max_new_tokens + len(self._close_ids)
+
+    def _compute_bound(self) -> int:
+        policy = StreamingCachePolicy(self.config.cache)
+        ask_room = (
+            self.config.max_question_tokens + self.config.max_answer_tokens + len(self._close_ids)
+        )
+        return policy.bound(len(self._sink_ids), self._max_round_tokens(), ask_room)
+
+    @property
+    def cache_tokens(self) -> int:
+        """Tokens currently held in the KV cache."""
+        return self.cache.length
+
+    # ----- stream control ------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start over: empty cache, stream time back to 0, sampling reseeded."""
+        self.cache.reset()
+        self.policy = StreamingCachePolicy(self.config.cache)
+        self.sampler.reset()
+        self.chooser.reseed()
+        self.rounds_run = 0
+        self.last_round_logits = []
+
+    def add_frame(self, image: np.ndarray, stamp: float) -> bool:
+        """Offer a camera frame (RGB uint8 ``(H, W, 3)``) with its stamp in seconds.
+
+        Returns True when the frame was sampled. Raises ``FrameRejected`` for bad input; the
+        stream is unaffected by a rejected frame.
+        """
+        return self.sampler.add(image, stamp)
+
+    def run_pending(self, latest_only: bool = False) -> tuple[RoundResult | None, int]:
+        """Run one round on the next completed period, if any.
+
+        Args:
+            latest_only: Skip to the newest completed period (to stay current when slower than
+                real time); the skipped count is returned.
+
+        Returns:
+            ``(result or None, skipped periods)``.
+        """
+        second, skipped = self.sampler.pop_ready(latest_only)
+        if second is None:
+            return None, skipped
+        return self.run_round(second), skipped
+
+    # ----- the model -----------------------------------------------------------------------
+    def _forward(self, ids: list[int], positions: torch.Tensor, video: VideoBlock | None = None):
+        """Append ``ids`` at ``positions`` to the cache and return the last token's logits."""
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        kwargs = {}
+        if video is not None:
+            kwargs = {
+                "pixel_values_videos": video.pixel_values.to(self.device, self.loaded.dtype),
+                "video_grid_thw": video.grid_thw.to(self.device),
+            }
+        output = self.model(
+            input_ids=input_ids,
+            position_ids=positions[:, None, :].to(self.device),
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        self.policy.append(input_ids[0], positions)
+        return output.logits[0, -1]
+
+    def _chunk_positions(self, ids: list[int], video: VideoBlock | None) -> torch.Tensor:
+        """3-D positions of a new chunk, continuing from the cache's next free position."""
+        start = self.policy.next_position
+        if video is None:
+            return torch.arange(start, start + len(ids)).expand(3, -1).clone()
+        input_ids = torch.tensor([ids], dtype=torch.long)
+        token_types = (input_ids == self.format.video_pad_id).int() * 2
+        positions, _ = self.model.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=token_types,
+            video_grid_thw=video.grid_thw,
+            second_per_grid_ts=torch.tensor([video.second_per_grid]),
+        )
+        return positions[:, 0, :].cpu() + start
+
+    def _generate(self, logits: torch.Tensor, budget: int, chooser: TokenChooser,
+                  stop_on_marker: bool) -> tuple[list[int], list[torch.Tensor]]:
+        """Decode up to ``budget`` tokens; the last chosen token is returned but not yet fed."""
+        generated: list[int] = []
+        recorded = [logits.detach().float().cpu()] if self.record_logits else []
+        eos = self.format.end_of_turn_id
+        context = self.policy.token_ids
+        while True:
+            token = chooser.choose(logits, torch.cat([context, torch.tensor(generated,
+                                                                             dtype=torch.long)]))
+            if token == eos:
+                break
+            generated.append(token)
+            if len(generated) >= budget:
+                break
+            if stop_on_marker and self.format.tokenizer.decode(generated[-3:]).endswith(
+                END_MARKER.strip()
+            ):
+                break
+            position = torch.full((3, 1), self.policy.next_position, dtype=torch.long)
+            logits = self._forward([token], position)
+            if self.record_logits:
+                recorded.append(logits.detach().float().cpu())
+        return generated, recorded
+
+    @torch.inference_mode()
+    def run_round(self, second: SecondOfFrames) -> RoundResult:
+        """Narrate one period: evict, prefill its time text and video, generate, close the turn."""
+        t0 = time.perf_counter()
+        video = self.vision.prepare(second.frames)
+        first = self.policy.length == 0
+        prompt_ids = self.format.round_prompt_ids(
+            second.start, second.end, video.tokens, first=first
+        )
+        t1 = time.perf_counter()
+        plan = self.policy.plan_eviction(self.policy.rounds_to_evict(1))
+        if plan.evicted_tokens:
+            self.cache.compact(plan.kept_index, plan.shift, self.inverse_frequencies)
+        t2 = time.perf_counter()
+        if first:
+            sink_positions = self._chunk_positions(self._sink_ids, None)
+            self.policy.append(torch.tensor(self._sink_ids), sink_positions)
+            self.policy.mark_sink()
+            self.policy.begin_round(second.start, len(prompt_ids))
+            round_positions = self._chunk_positions(prompt_ids, video)
+            # One forward for sink + first round; the policy already knows the sink tokens.
+            self.policy.truncate(0)
+            ids = self._sink_ids + prompt_ids
+            positions = torch.cat([sink_positions, round_positions], dim=1)
+        else:
+            self.policy.begin_round(second.start, len(prompt_ids))
+            ids, positions = prompt_ids, self._chunk_positions(prompt_ids, video)
+        logits = self._forward(ids, positions, video)
+        t3 = time.perf_counter()
+        generated, recorded = self._generate(
+            logits, self.config.max_new_tokens, self.chooser, stop_on_marker=True
+        )
+        closing = generated[-1:] + self._close_ids
+        start = self.policy.next_position
+        self._forward(closing, torch.arange(start, start + len(closing)).expand(3, -1).clone())
+        self.policy.end_round(len(generated), len(self._close_ids))
+        t4 = time.perf_counter()
+        self.last_round_logits = recorded
+        self.rounds_run += 1
+        text = clean_narration(self.format.tokenizer.decode(generated, skip_special_tokens=True))
+        return RoundResult(
+            start=second.start,
+            end=second.end,
+            end_stamp=second.end_stamp,
+            text=text,
+            silent=not text,
+            generated_tokens=len(generated),
+            cache_tokens=self.cache.length,
+            evicted_tokens=plan.evicted_tokens,
+            frames_received=second.received,
+            vision_tokens=video.tokens,
+            timings_ms={
+                "preprocess": (t1 - t0) * 1e3,
+                "evict": (t2 - t1) * 1e3,
+                "prefill": (t3 - t2) * 1e3,
+                "decode": (t4 - t3) * 1e3,
+                "total": (t4 - t0) * 1e3,
+            },
+        )
+
+    @torch.inference_mode()
+    def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
+        """Answer a question from what the stream has seen, leaving the stream untouched.
+
+        The question and answer are appended to the cache and then cut off again: the cache
+        contents, positions and policy state afterwards are identical to before.
+
+        Raises:
+            ValueError: empty question, or nothing seen yet.
+            QuestionTooLong: the question exceeds ``max_question_tokens``.
+        """
+        if not question or not question.strip():
+            raise ValueError("question is empty")
+        if self.policy.length == 0:
+            raise ValueError("no frames have been narrated yet; nothing to answer from")
+        ids = self.format.question_ids(question.strip())
+        if len(ids) > self.config.max_question_tokens:
+            raise QuestionTooLong(
+                f"question is {len(ids)} tokens, more than max_question_tokens="
+                f"{self.config.max_question_tokens}"
+            )
+        budget = min(max_new_tokens or self.config.max_answer_tokens,
+                     self.config.max_answer_tokens)
+        t0 = time.perf_counter()
+        length = self.cache.length
+        record, self.record_logits = self.record_logits, False
+        try:
+            start = self.policy.next_position
+            logits = self._forward(ids, torch.arange(start, start + len(ids)).expand(3, -1).clone())
+            generated, _ = self._generate(logits, budget, self.answer_chooser, stop_on_marker=False)
+        finally:
+            self.cache.truncate(length)
+            self.policy.truncate(length)
+            self.record_logits = record
+        text = self.format.tokenizer.decode(generated, skip_special_tokens=True).strip()
+        return Answer(text, len(ids), len(generated), time.perf_counter() - t0)

@@ -1,0 +1,191 @@
+"""Make a tiny, randomly initialised Qwen2.5-VL checkpoint directory.
+
+No model weights can be downloaded on the development and CI machines, yet every test must
+load a model through the same ``from_pretrained`` path a real StreamingVLM checkpoint uses.
+``make_tiny_checkpoint`` therefore writes a *complete* checkpoint: a tiny
+``Qwen2_5_VLForConditionalGeneration`` (random weights), a byte-level BPE tokenizer trained in
+a second with the ``tokenizers`` library and carrying the Qwen special tokens, the Qwen2-VL image
+and video processor configs, and a chat template. The narration it produces is noise, but shapes,
+special tokens, M-RoPE positions and the vision path are those of the real model family.
+
+Command line: ``svlm-make-tiny OUT_DIR [--seed N] [--layers N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Special tokens the Qwen2.5-VL chat and vision format relies on. Their order fixes their ids.
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# A Qwen-style chat template (written for this project): system / user / assistant turns, with
+# images and videos expanded by the processor from their pad tokens.
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- elif part['type'] == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part['type'] == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "<|im_end|>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+# Text the tokenizer is trained on: the words the stream format and the tests use, so that the
+# time stamps and the end marker tokenize into a handful of tokens, as with the real tokenizer.
+_TRAINING_TEXT = [
+    "You are a helpful assistant that narrates what a robot camera sees.",
+    "Describe what happens in the video, one short sentence per second.",
+    "Time=0.0-1.0s Time=12.0-13.0s Time=123.0-124.0s Time=4567.0-4568.0s ...",
+    "0123456789 . - = s ... \n ...",
+    "a person walks to the table and picks up a red cup; the robot arm moves left.",
+    "What is on the table? There is a cup, a box and a laptop on the table.",
+    "the car turns right at the corner while a dog runs across the street",
+]
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    """Train a byte-level BPE tokenizer with the Qwen special tokens.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` whose ``eos_token`` is ``<|im_end|>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_TRAINING_TEXT * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+    )
+
+
+def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int = 2) -> Path:
+    """Write a tiny Qwen2.5-VL checkpoint directory that loads with ``from_pretrained``.
+
+    Args:
+        out_dir: Directory to create (or overwrite files in).
+        seed: Seed for the random weights; the same seed gives the same weights.
+        num_layers: Decoder layers of the language model. One layer makes every cached key and
+            value a function of its own token and position only, which the exactness tests use.
+
+    Returns:
+        The checkpoint directory as a ``Path``.
+    """
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    token_id = tokenizer.convert_tokens_to_ids
+    hidden = 64
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": 128,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            # head_dim 16 -> 8 rotary frequencies, split over (t, h, w) like the 7B's [16, 24, 24].
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                "mrope_section": [2, 3, 3]},
+            "bos_token_id": token_id("<|endoftext|>"),
+            "eos_token_id": token_id("<|im_end|>"),
+            "pad_token_id": token_id("<|endoftext|>"),
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": hidden,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "tokens_per_second": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = token_id("<|im_end|>")
+    model.generation_config.pad_token_id = token_id("<|endoftext|>")
+    model.save_pretrained(out)
+
+    pixel_limits = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 768}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixel_limits),
+        video_processor=Qwen2VLVideoProcessor(size=pixel_limits),
+        tokenizer=tokenizer,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``svlm-make-tiny``."""
+    parser = argparse.ArgumentParser(
+        prog="svlm-make-tiny",
+        description="Write a tiny random Qwen2.5-VL checkpoint (for tests, demos and CI).",
+    )
+    parser.add_argument("out_dir", help="directory to write the checkpoint to")
+    parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    parser.add_argument("--layers", type=int, default=2,
+                        help="decoder layers of the language model (default 2)")
+    args = parser.parse_args(argv)
+    path = make_tiny_checkpoint(args.out_dir, seed=args.seed, num_layers=args.layers)
+    print(f"tiny Qwen2.5-VL checkpoint written to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
