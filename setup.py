@@ -1,0 +1,53 @@
+"""pip build of svlm_ros: the pure-Python parts, for machines without ROS.
+
+colcon does not use this file (package.xml says ament_cmake; see CMakeLists.txt). `pip
+install .` installs the engine and training code with their command-line tools; the ROS
+parts (the node, `svlm-ask`, the generated svlm_ros.msg/srv) need a colcon build.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+
+def package_xml_version() -> str:
+    """The version from package.xml, so that both builds report the same one."""
+    text = (Path(__file__).parent / "package.xml").read_text(encoding="utf-8")
+    match = re.search(r"<version>\s*([^<\s]+)\s*</version>", text)
+    if match is None:
+        raise ValueError("package.xml has no <version> element")
+    return match.group(1)
+
+
+setup(
+    name="svlm_ros",
+    version=package_xml_version(),
+    packages=find_packages(include=["svlm_ros", "svlm_ros.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch",
+        "torchvision",
+        "transformers",
+        "tokenizers",
+        "numpy",
+        "pyyaml",
+        "pillow",
+        "tqdm",
+        "psutil",
+    ],
+    extras_require={
+        "train": ["rosbags"],
+        "ros": ["cv-bridge", "opencv-python-headless<5"],
+        "test": ["pytest", "pytest-timeout", "ruff"],
+    },
+    entry_points={
+        "console_scripts": [
+            "svlm-make-tiny = svlm_ros.tiny_model:main",
+            "svlm-bench = svlm_ros.benchmark:main",
+            # These two need rclpy and the colcon-built interfaces at run time.
+            "narrator = svlm_ros.narrator_node:main",
+            "svlm-ask = svlm_ros.ask_client:main",
+        ],
+    },
+)
