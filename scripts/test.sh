@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Lint and test the built package: ruff, then pytest on test/.
+# Extra arguments go to pytest, e.g.:
+#   bash scripts/test.sh --run-slow          # also the slow (tiny-model end-to-end) tests
+#   bash scripts/test.sh -m slow             # only the slow tests
+#   bash scripts/test.sh -k narrator -x
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC1091
+source "$repo/scripts/env.sh"
+cd "$repo"
+
+echo "[test] ruff check"
+ruff check .
+
+# Plain `pytest`, never `python -m pytest`: the latter puts the repo root on sys.path and
+# the source svlm_ros/ (without the generated msg/srv) shadows the installed package.
+echo "[test] pytest (ROS_DOMAIN_ID=$ROS_DOMAIN_ID)"
+status=0
+pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    echo "[test] error: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$status"
