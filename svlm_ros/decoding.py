@@ -44,9 +44,13 @@ class SamplingConfig:
 class TokenChooser:
     """Picks tokens for one stream; owns the random generator so a seed reproduces a stream."""
 
-    def __init__(self, config: SamplingConfig, device: torch.device):
+    def __init__(self, config: SamplingConfig, device: torch.device,
+                 banned_ids: list[int] | tuple[int, ...] = ()):
         self.config = config
         self.device = device
+        # Vision placeholders and turn openers must never be generated: a generated video pad
+        # would be taken for a video block by position bookkeeping and by the model itself.
+        self.banned_ids = torch.tensor(sorted(set(banned_ids)), dtype=torch.long, device=device)
         processors = LogitsProcessorList()
         if config.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
@@ -64,7 +68,9 @@ class TokenChooser:
 
     def choose(self, logits: torch.Tensor, context_ids: torch.Tensor) -> int:
         """Next token from ``(vocab,)`` logits, with ``context_ids`` ``(n,)`` for the penalty."""
-        scores = logits.float()[None, :]
+        scores = logits.float()[None, :].clone()
+        if self.banned_ids.numel():
+            scores[0, self.banned_ids] = float("-inf")
         scores = self.processors(context_ids[None, :].to(logits.device), scores)
         if self.config.greedy:
             return int(scores.argmax(dim=-1))

@@ -65,6 +65,13 @@ class PromptFormat:
     def end_of_turn_id(self) -> int:
         return self.token_id(IM_END)
 
+    def never_generated_ids(self) -> list[int]:
+        """Special tokens the model must not produce (vision placeholders, turn openers)."""
+        names = (VIDEO_PAD, VISION_START, VISION_END, IM_START, "<|image_pad|>", "<|vision_pad|>",
+                 "<|endoftext|>")
+        ids = (self.tokenizer.convert_tokens_to_ids(name) for name in names)
+        return [int(i) for i in ids if i is not None and i != self.tokenizer.unk_token_id]
+
     def sink_ids(self) -> list[int]:
         """System prompt and the opening of the first user turn with the instruction."""
         return self.encode(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .cache_policy import CachePolicyConfig, StreamingCachePolicy
+from .cache_policy import CachePolicyConfig, EvictionPlan, StreamingCachePolicy
 from .decoding import SamplingConfig, TokenChooser
 from .frame_sampler import FrameSampler, SecondOfFrames
 from .kv_cache import BoundedKVCache
@@ -160,10 +160,13 @@ class StreamingSession:
         self.cache = BoundedKVCache(text_config.num_hidden_layers, self.bound)
         self.record_logits = record_logits
         self.last_round_logits: list[torch.Tensor] = []
-        self.chooser = TokenChooser(cfg.sampling, self.device)
+        banned = self.format.never_generated_ids()
+        self.chooser = TokenChooser(cfg.sampling, self.device, banned)
+        # Answers are greedy: a question should get the same answer from the same memory.
         self.answer_chooser = TokenChooser(
             SamplingConfig(temperature=0.0, repetition_penalty=cfg.sampling.repetition_penalty),
             self.device,
+            banned,
         )
         self.reset()
 
@@ -199,6 +202,7 @@ class StreamingSession:
         self.chooser.reseed()
         self.rounds_run = 0
         self.last_round_logits = []
+        self.last_eviction: EvictionPlan | None = None
 
     def add_frame(self, image: np.ndarray, stamp: float) -> bool:
         """Offer a camera frame (RGB uint8 ``(H, W, 3)``) with its stamp in seconds.
@@ -295,6 +299,7 @@ class StreamingSession:
         )
         t1 = time.perf_counter()
         plan = self.policy.plan_eviction(self.policy.rounds_to_evict(1))
+        self.last_eviction = plan
         if plan.evicted_tokens:
             self.cache.compact(plan.kept_index, plan.shift, self.inverse_frequencies)
         t2 = time.perf_counter()
