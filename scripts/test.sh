@@ -11,8 +11,10 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/env.sh"
 cd "$repo"
 
+# Lint failures do not hide test results: both run, and either fails the script.
 echo "[test] ruff check"
-ruff check .
+lint_status=0
+ruff check . || lint_status=$?
 
 # Plain `pytest`, never `python -m pytest`: the latter puts the repo root on sys.path and
 # the source svlm_ros/ (without the generated msg/srv) shadows the installed package.
@@ -21,6 +23,10 @@ status=0
 pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     echo "[test] error: pytest collected no tests" >&2
-    exit 1
+    status=1
+fi
+if [ "$lint_status" -ne 0 ]; then
+    echo "[test] error: ruff check failed (see above)" >&2
+    [ "$status" -ne 0 ] || status=1
 fi
 exit "$status"
