@@ -156,8 +156,7 @@ class StreamingSession:
         self._sink_ids = self.format.sink_ids()
         self._close_ids = self.format.close_ids()
         self.bound = self._compute_bound()
-        text_config = self.model.config.get_text_config()
-        self.cache = BoundedKVCache(text_config.num_hidden_layers, self.bound)
+        self.cache = self._make_cache()
         self.record_logits = record_logits
         self.last_round_logits: list[torch.Tensor] = []
         banned = self.format.never_generated_ids()
@@ -187,6 +186,11 @@ class StreamingSession:
             self.config.max_question_tokens + self.config.max_answer_tokens + len(self._close_ids)
         )
         return policy.bound(len(self._sink_ids), self._max_round_tokens(), ask_room)
+
+    def _make_cache(self) -> BoundedKVCache:
+        """The one cache of this session, preallocated to the bound."""
+        layers = self.model.config.get_text_config().num_hidden_layers
+        return BoundedKVCache(layers, self.bound)
 
     @property
     def cache_tokens(self) -> int:
@@ -264,8 +268,13 @@ class StreamingSession:
         return positions[:, 0, :].cpu() + start
 
     def _generate(self, logits: torch.Tensor, budget: int, chooser: TokenChooser,
-                  stop_on_marker: bool) -> tuple[list[int], list[torch.Tensor]]:
-        """Decode up to ``budget`` tokens; the last chosen token is returned but not yet fed."""
+                  stop_on_marker: bool) -> tuple[list[int], list[int], list[torch.Tensor]]:
+        """Decode up to ``budget`` tokens.
+
+        Returns:
+            ``(generated, unfed, recorded logits)``: ``unfed`` is the tail of ``generated``
+            (the last token, or nothing when the model ended its turn) not yet in the cache.
+        """
         generated: list[int] = []
         recorded = [logits.detach().float().cpu()] if self.record_logits else []
         eos = self.format.end_of_turn_id
@@ -274,19 +283,27 @@ class StreamingSession:
             token = chooser.choose(logits, torch.cat([context, torch.tensor(generated,
                                                                              dtype=torch.long)]))
             if token == eos:
-                break
+                return generated, [], recorded
             generated.append(token)
             if len(generated) >= budget:
-                break
+                return generated, [token], recorded
             if stop_on_marker and self.format.tokenizer.decode(generated[-3:]).endswith(
                 END_MARKER.strip()
             ):
-                break
+                return generated, [token], recorded
             position = torch.full((3, 1), self.policy.next_position, dtype=torch.long)
             logits = self._forward([token], position)
             if self.record_logits:
                 recorded.append(logits.detach().float().cpu())
-        return generated, recorded
+
+    def _apply_eviction(self, plan: EvictionPlan) -> None:
+        """Squeeze evicted tokens out of the cache and rotate the moved keys."""
+        if plan.evicted_tokens:
+            self.cache.compact(plan.kept_index, plan.shift, self.inverse_frequencies)
+
+    def _prefill(self, ids: list[int], positions: torch.Tensor, video: VideoBlock) -> torch.Tensor:
+        """Feed a new round's prompt (only the new second goes through the vision encoder)."""
+        return self._forward(ids, positions, video)
 
     @torch.inference_mode()
     def run_round(self, second: SecondOfFrames) -> RoundResult:
@@ -300,8 +317,7 @@ class StreamingSession:
         t1 = time.perf_counter()
         plan = self.policy.plan_eviction(self.policy.rounds_to_evict(1))
         self.last_eviction = plan
-        if plan.evicted_tokens:
-            self.cache.compact(plan.kept_index, plan.shift, self.inverse_frequencies)
+        self._apply_eviction(plan)
         t2 = time.perf_counter()
         if first:
             sink_positions = self._chunk_positions(self._sink_ids, None)
@@ -316,12 +332,12 @@ class StreamingSession:
         else:
             self.policy.begin_round(second.start, len(prompt_ids))
             ids, positions = prompt_ids, self._chunk_positions(prompt_ids, video)
-        logits = self._forward(ids, positions, video)
+        logits = self._prefill(ids, positions, video)
         t3 = time.perf_counter()
-        generated, recorded = self._generate(
+        generated, unfed, recorded = self._generate(
             logits, self.config.max_new_tokens, self.chooser, stop_on_marker=True
         )
-        closing = generated[-1:] + self._close_ids
+        closing = unfed + self._close_ids
         start = self.policy.next_position
         self._forward(closing, torch.arange(start, start + len(closing)).expand(3, -1).clone())
         self.policy.end_round(len(generated), len(self._close_ids))
@@ -378,7 +394,9 @@ class StreamingSession:
         try:
             start = self.policy.next_position
             logits = self._forward(ids, torch.arange(start, start + len(ids)).expand(3, -1).clone())
-            generated, _ = self._generate(logits, budget, self.answer_chooser, stop_on_marker=False)
+            generated, _, _ = self._generate(
+                logits, budget, self.answer_chooser, stop_on_marker=False
+            )
         finally:
             self.cache.truncate(length)
             self.policy.truncate(length)

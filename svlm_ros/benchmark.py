@@ -1,0 +1,271 @@
+"""``svlm-bench``: step time and memory of the bounded cache against its two baselines.
+
+A simulated camera (``--frame-size``, 30 Hz, stamps only: no real time passes) streams
+``--stream-seconds`` of synthetic frames through a model for each policy:
+
+* ``bounded`` - StreamingVLM's reused cache with sink, text and vision windows (this project);
+* ``full``    - never evicts: the cache grows with the stream (full attention);
+* ``recompute`` - every second re-encodes the retained window from scratch, vision included
+  (the sliding-window-with-overlap baseline), with the same window sizes as ``bounded``.
+
+Each policy stops early when its ``--budget-seconds`` of wall time are spent, and says so.
+Per-second figures are aggregated over the first and the last 60 stream seconds run.
+Progress goes to stderr; the table to stdout; ``--json FILE`` writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from .cache_policy import CachePolicyConfig, EvictionPlan
+from .model_loading import load_model
+from .streaming_session import MAX_STREAM_SECONDS, StreamConfig, StreamingSession
+from .vision_input import VideoBlock
+
+CAMERA_RATE_HZ = 30
+WINDOW_FOR_AGGREGATES = 60
+
+
+class GrowingKVCache(Cache):
+    """An unbounded cache (transformers' dynamic layers) for the ``full`` baseline."""
+
+    def __init__(self, num_layers: int):
+        super().__init__(layers=[DynamicLayer() for _ in range(num_layers)])
+
+    @property
+    def length(self) -> int:
+        return self.get_seq_length()
+
+    def truncate(self, length: int) -> None:
+        removed = self.length - length
+        if removed:
+            self.crop(-removed)
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+
+
+class FullAttentionSession(StreamingSession):
+    """Never evicts: every second stays in the cache (the cost grows with the stream)."""
+
+    def __init__(self, loaded, config: StreamConfig):
+        cache = CachePolicyConfig(
+            text_sink_tokens=config.cache.text_sink_tokens,
+            text_window_tokens=config.cache.text_window_tokens,
+            vision_window_seconds=MAX_STREAM_SECONDS,
+        )
+        super().__init__(loaded, StreamConfig(**{**config.__dict__, "cache": cache}))
+
+    def _make_cache(self):
+        return GrowingKVCache(self.model.config.get_text_config().num_hidden_layers)
+
+
+class RecomputeSession(StreamingSession):
+    """Same retained content as ``bounded``, but rebuilt from scratch every second."""
+
+    def reset(self) -> None:
+        super().reset()
+        self._blocks: dict[float, VideoBlock] = {}
+
+    def _apply_eviction(self, plan: EvictionPlan) -> None:
+        kept = {span.stream_second for span in self.policy.rounds}
+        self._blocks = {start: block for start, block in self._blocks.items() if start in kept}
+
+    def _prefill(self, ids, positions, video):
+        self._blocks[self.policy.rounds[-1].stream_second] = video
+        blocks = [self._blocks[span.stream_second] for span in self.policy.rounds]
+        retained_ids = self.policy.token_ids.tolist()
+        retained_positions = self.policy.positions
+        self.cache.reset()
+        self.policy.truncate(0)
+        merged = VideoBlock(
+            pixel_values=torch.cat([b.pixel_values for b in blocks]),
+            grid_thw=torch.cat([b.grid_thw for b in blocks]),
+            second_per_grid=video.second_per_grid,
+            tokens=sum(b.tokens for b in blocks),
+            size=video.size,
+        )
+        return self._forward(
+            retained_ids + ids, torch.cat([retained_positions, positions], dim=1), merged
+        )
+
+
+POLICIES = {
+    "bounded": StreamingSession,
+    "full": FullAttentionSession,
+    "recompute": RecomputeSession,
+}
+
+
+def parse_frame_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"frame size must be WxH, got {text!r}") from error
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"frame size must be positive, got {text!r}")
+    return width, height
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def run_policy(name: str, loaded, config: StreamConfig, args) -> dict:
+    """Stream through one policy and return its figures."""
+    session = POLICIES[name](loaded, config)
+    width, height = args.frame_size
+    rng = np.random.default_rng(args.seed)
+    # A pool of distinct frames stands in for the camera; generating 30 new 720p frames per
+    # simulated second would measure numpy, not the model.
+    pool = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(8)]
+    process = psutil.Process(os.getpid())
+    on_cuda = loaded.device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(loaded.device)
+    steps: list[float] = []
+    rss: list[float] = []
+    cache_max = 0
+    started = time.perf_counter()
+    stopped_early = False
+    frame = 0
+    for second in range(args.stream_seconds + 1):
+        for _ in range(CAMERA_RATE_HZ):
+            session.add_frame(pool[frame % len(pool)], 1000.0 + frame / CAMERA_RATE_HZ)
+            frame += 1
+        result, _ = session.run_pending()
+        if result is None:
+            continue
+        if on_cuda:
+            torch.cuda.synchronize(loaded.device)
+        steps.append(result.timings_ms["total"])
+        rss.append(process.memory_info().rss / 2**20)
+        cache_max = max(cache_max, result.cache_tokens)
+        done = len(steps)
+        if done % 60 == 0 or done == args.stream_seconds:
+            print(
+                f"[{name}] {done}/{args.stream_seconds} s  step {steps[-1]:.1f} ms  "
+                f"cache {result.cache_tokens} tok  rss {rss[-1]:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
+        if done >= args.stream_seconds:
+            break
+        if args.budget_seconds and time.perf_counter() - started > args.budget_seconds:
+            stopped_early = True
+            print(f"[{name}] stopped by its budget of {args.budget_seconds} s after {done} "
+                  "stream seconds", file=sys.stderr, flush=True)
+            break
+    first, last = steps[:WINDOW_FOR_AGGREGATES], steps[-WINDOW_FOR_AGGREGATES:]
+    return {
+        "seconds_run": len(steps),
+        "stopped_early": stopped_early,
+        "step_ms_first_median": _median(first),
+        "step_ms_last_median": _median(last),
+        "step_ms_p99": float(np.percentile(steps, 99)) if steps else float("nan"),
+        "rss_mb_first": _median(rss[:WINDOW_FOR_AGGREGATES]),
+        "rss_mb_last": _median(rss[-WINDOW_FOR_AGGREGATES:]),
+        "cuda_mb_peak": torch.cuda.max_memory_allocated(loaded.device) / 2**20 if on_cuda else None,
+        "cache_tokens_max": cache_max,
+        "cache_bound": session.bound if name != "full" else None,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="svlm-bench",
+        description="Step time and memory of the bounded streaming cache vs. full attention "
+        "and per-second recomputation, on a simulated 30 Hz camera.",
+    )
+    parser.add_argument("--model", help="checkpoint directory (default: a fresh tiny model)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--attn", default="auto", help="attention kernel (default auto)")
+    parser.add_argument("--stream-seconds", type=int, default=300,
+                        help="simulated stream length in seconds (default 300)")
+    parser.add_argument("--frame-size", type=parse_frame_size, default=(1280, 720),
+                        help="camera frame size WxH (default 1280x720)")
+    parser.add_argument("--policies", default="bounded,full,recompute",
+                        help="comma-separated subset of bounded,full,recompute")
+    parser.add_argument("--budget-seconds", type=float, default=0.0,
+                        help="wall-time budget per policy; 0 = none (default 0)")
+    parser.add_argument("--max-new-tokens", type=int, default=20,
+                        help="tokens generated per second (default 20)")
+    parser.add_argument("--vision-window-seconds", type=int, default=16,
+                        help="vision window of bounded and recompute (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="frame and sampling seed")
+    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``svlm-bench``."""
+    args = build_parser().parse_args(argv)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown or not policies:
+        print(f"svlm-bench: unknown policies {unknown}; choose from {sorted(POLICIES)}",
+              file=sys.stderr)
+        return 2
+    if args.stream_seconds < 1:
+        print("svlm-bench: --stream-seconds must be >= 1", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model
+        if model_dir is None:
+            from .tiny_model import make_tiny_checkpoint
+
+            model_dir = str(make_tiny_checkpoint(Path(scratch) / "tiny"))
+        try:
+            loaded = load_model(model_dir, device=args.device, dtype=args.dtype,
+                                attn_implementation=args.attn)
+        except ValueError as error:
+            print(f"svlm-bench: {error}", file=sys.stderr)
+            return 2
+        config = StreamConfig(
+            max_new_tokens=args.max_new_tokens,
+            cache=CachePolicyConfig(vision_window_seconds=args.vision_window_seconds),
+        )
+        config = StreamConfig(**{**config.__dict__,
+                                 "sampling": config.sampling.__class__(seed=args.seed)})
+        report = {
+            "device": str(loaded.device) + (
+                f" ({torch.cuda.get_device_name(loaded.device)})"
+                if loaded.device.type == "cuda" else f" ({os.cpu_count()} CPU threads)"),
+            "model": Path(args.model).name if args.model else "tiny (svlm-make-tiny)",
+            "stream_seconds": args.stream_seconds,
+            "policies": {},
+        }
+        for name in policies:
+            report["policies"][name] = run_policy(name, loaded, config, args)
+    header = (f"{'policy':<10} {'seconds':>7} {'first ms':>9} {'last ms':>9} {'p99 ms':>9} "
+              f"{'rss first':>9} {'rss last':>9} {'cache max':>9}")
+    print(f"device {report['device']}, model {report['model']}, "
+          f"frames {args.frame_size[0]}x{args.frame_size[1]} at {CAMERA_RATE_HZ} Hz")
+    print(header)
+    for name, row in report["policies"].items():
+        flag = " (stopped by budget)" if row["stopped_early"] else ""
+        print(f"{name:<10} {row['seconds_run']:>7} {row['step_ms_first_median']:>9.1f} "
+              f"{row['step_ms_last_median']:>9.1f} {row['step_ms_p99']:>9.1f} "
+              f"{row['rss_mb_first']:>9.0f} {row['rss_mb_last']:>9.0f} "
+              f"{row['cache_tokens_max']:>9}{flag}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
