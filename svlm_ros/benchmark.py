@@ -142,8 +142,8 @@ def run_policy(name: str, loaded, config: StreamConfig, args) -> dict:
     started = time.perf_counter()
     stopped_early = False
     frame = 0
-    for second in range(args.stream_seconds + 1):
-        for _ in range(CAMERA_RATE_HZ):
+    for _second in range(args.stream_seconds + 1):  # one simulated second per loop
+        for _frame in range(CAMERA_RATE_HZ):
             session.add_frame(pool[frame % len(pool)], 1000.0 + frame / CAMERA_RATE_HZ)
             frame += 1
         result, _ = session.run_pending()
@@ -180,7 +180,11 @@ def run_policy(name: str, loaded, config: StreamConfig, args) -> dict:
         "rss_mb_last": _median(rss[-WINDOW_FOR_AGGREGATES:]),
         "cuda_mb_peak": torch.cuda.max_memory_allocated(loaded.device) / 2**20 if on_cuda else None,
         "cache_tokens_max": cache_max,
-        "cache_bound": session.bound if name != "full" else None,
+        # The bound this stream can reach (frame size, stream length) and the preallocated
+        # capacity (worst frame shape and stream length, plus room for a question).
+        "cache_bound": None if name == "full" else session.stream_bound(
+            height, width, args.stream_seconds),
+        "cache_capacity": None if name == "full" else session.bound,
     }
 
 
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in policies:
             report["policies"][name] = run_policy(name, loaded, config, args)
     header = (f"{'policy':<10} {'seconds':>7} {'first ms':>9} {'last ms':>9} {'p99 ms':>9} "
-              f"{'rss first':>9} {'rss last':>9} {'cache max':>9}")
+              f"{'rss first':>9} {'rss last':>9} {'cache max':>9} {'bound':>7}")
     print(f"device {report['device']}, model {report['model']}, "
           f"frames {args.frame_size[0]}x{args.frame_size[1]} at {CAMERA_RATE_HZ} Hz")
     print(header)
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<10} {row['seconds_run']:>7} {row['step_ms_first_median']:>9.1f} "
               f"{row['step_ms_last_median']:>9.1f} {row['step_ms_p99']:>9.1f} "
               f"{row['rss_mb_first']:>9.0f} {row['rss_mb_last']:>9.0f} "
-              f"{row['cache_tokens_max']:>9}{flag}")
+              f"{row['cache_tokens_max']:>9} {row['cache_bound'] or '-':>7}{flag}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

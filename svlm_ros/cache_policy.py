@@ -135,7 +135,7 @@ class StreamingCachePolicy:
 
     # ----- appending -----------------------------------------------------------------------
     def append(self, token_ids: torch.Tensor, positions: torch.Tensor) -> None:
-        """Record tokens that were just written to the cache (ids ``(n,)``, positions ``(3, n)``)."""
+        """Record tokens just written to the cache (ids ``(n,)``, positions ``(3, n)``)."""
         self.token_ids = torch.cat([self.token_ids, token_ids.detach().cpu().long()])
         self.positions = torch.cat([self.positions, positions.detach().cpu().long()], dim=1)
 

@@ -77,7 +77,8 @@ def resolve_attention(attn_implementation: str, device: torch.device, dtype: tor
     flash_available = importlib.util.find_spec("flash_attn") is not None
     half = dtype in (torch.bfloat16, torch.float16)
     if attn_implementation == "auto":
-        return "flash_attention_2" if (flash_available and device.type == "cuda" and half) else "sdpa"
+        use_flash = flash_available and device.type == "cuda" and half
+        return "flash_attention_2" if use_flash else "sdpa"
     if attn_implementation == "flash_attention_2":
         if not flash_available:
             raise ValueError("attn_implementation 'flash_attention_2' needs the flash-attn package")

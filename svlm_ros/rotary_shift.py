@@ -32,7 +32,8 @@ def rotary_inverse_frequencies(model) -> torch.Tensor:
     rotary = model.model.language_model.rotary_emb
     if getattr(rotary, "rope_type", "default") != "default":
         raise ValueError(
-            f"contiguous positions need plain M-RoPE; this model uses rope_type {rotary.rope_type!r}"
+            "contiguous positions need plain M-RoPE; "
+            f"this model uses rope_type {rotary.rope_type!r}"
         )
     return rotary.inv_freq.detach().float()
 

@@ -30,7 +30,7 @@ from .prompt_format import (
     time_text,
 )
 from .rotary_shift import rotary_inverse_frequencies
-from .vision_input import PATCH_FACTOR, VideoBlock, VisionInput
+from .vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
 
 # Stream times up to this many seconds (115 days) are covered by the cache bound; the time
 # text of longer streams would outgrow the tokens reserved for it.
@@ -170,13 +170,12 @@ class StreamingSession:
         self.reset()
 
     # ----- sizes ---------------------------------------------------------------------------
-    def _max_round_tokens(self) -> int:
+    def _round_tokens(self, vision_tokens_per_patch: int, last_end_time: float) -> int:
+        """Largest round: framing, longest time text up to ``last_end_time``, video, words."""
         frames = self.sampler.frames_per_round
-        vision_tokens = (frames // self.vision.temporal_patch) * (
-            self.config.max_pixels // (PATCH_FACTOR * PATCH_FACTOR)
-        )
-        longest_time = len(self.format.encode(time_text(MAX_STREAM_SECONDS - 1.5,
-                                                         MAX_STREAM_SECONDS - 0.5)))
+        vision_tokens = (frames // self.vision.temporal_patch) * vision_tokens_per_patch
+        longest_time = len(self.format.encode(time_text(last_end_time - self.config.period,
+                                                         last_end_time)))
         prompt = self.format.framing_tokens() + longest_time + vision_tokens
         return prompt + self.config.max_new_tokens + len(self._close_ids)
 
@@ -185,7 +184,25 @@ class StreamingSession:
         ask_room = (
             self.config.max_question_tokens + self.config.max_answer_tokens + len(self._close_ids)
         )
-        return policy.bound(len(self._sink_ids), self._max_round_tokens(), ask_room)
+        most_vision = self.config.max_pixels // (PATCH_FACTOR * PATCH_FACTOR)
+        round_tokens = self._round_tokens(most_vision, MAX_STREAM_SECONDS)
+        return policy.bound(len(self._sink_ids), round_tokens, ask_room)
+
+    def stream_bound(self, frame_height: int, frame_width: int, stream_seconds: float) -> int:
+        """Most tokens held while narrating frames of one size for up to ``stream_seconds``.
+
+        It is reached when the text windows are full and every round in the vision window
+        generated ``max_new_tokens``; ``bound`` adds room for a question and the worst frame
+        shape and stream length on top of it.
+        """
+        height, width = fit_frame_size(
+            frame_height, frame_width, self.config.max_pixels, self.config.min_pixels
+        )
+        vision_tokens = (height // PATCH_FACTOR) * (width // PATCH_FACTOR)
+        # The longest time stamp of the stream has the most digits: that of its last second.
+        last_end = max(self.config.period, stream_seconds)
+        round_tokens = self._round_tokens(vision_tokens, last_end)
+        return StreamingCachePolicy(self.config.cache).bound(len(self._sink_ids), round_tokens)
 
     def _make_cache(self) -> BoundedKVCache:
         """The one cache of this session, preallocated to the bound."""
