@@ -1,0 +1,201 @@
+"""Invariants of a streaming session over a real tiny model, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from engine_helpers import SyntheticCamera, make_loaded, small_config, stream
+
+from svlm_ros.decoding import SamplingConfig
+from svlm_ros.frame_sampler import FrameRejected
+from svlm_ros.model_loading import load_model
+from svlm_ros.streaming_session import QuestionTooLong, StreamingSession
+
+
+@pytest.fixture(scope="module")
+def two_layer(tmp_path_factory):
+    return make_loaded(tmp_path_factory.mktemp("models"), layers=2)
+
+
+def snapshot(session: StreamingSession):
+    """Everything the stream depends on: live keys/values of every layer and the policy."""
+    length = session.cache.length
+    layers = [(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone())
+              for layer in session.cache.layers]
+    policy = session.policy
+    return (layers, policy.token_ids.clone(), policy.positions.clone(),
+            [(r.stream_second, r.length) for r in policy.rounds], policy.previous_text_tokens)
+
+
+def assert_same_snapshot(before, after):
+    assert len(before[0]) == len(after[0])
+    for (k0, v0), (k1, v1) in zip(before[0], after[0], strict=True):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    assert torch.equal(before[1], after[1]) and torch.equal(before[2], after[2])
+    assert before[3:] == after[3:]
+
+
+def test_thousand_rounds_bound_sink_window_and_positions(two_layer):
+    config = small_config(window=4, text_sink=8, text_window=12, max_pixels=56 * 56,
+                          max_new_tokens=3)
+    session = StreamingSession(two_layer, config)
+    camera = SyntheticCamera(seed=5, size=(60, 80), rate=4.0)
+    sink_snapshot = []
+
+    def check(second, result):
+        policy = session.policy
+        assert session.cache.length == policy.length == result.cache_tokens
+        assert result.cache_tokens <= session.bound
+        assert len(policy.rounds) <= 4
+        assert policy.rounds[-1].stream_second == second.start  # the newest round is held
+        # Gap-free: each text token one past the previous block; blocks never overlap.
+        ends = policy.positions.max(dim=0).values
+        starts = policy.positions.min(dim=0).values
+        assert bool((starts[1:] <= ends[:-1] + 1).all())
+        assert bool((starts[1:] >= starts[:-1]).all())
+        if not sink_snapshot:
+            sink = policy.sink_tokens
+            sink_snapshot.extend((layer.keys[:, :, :sink].clone(), layer.values[:, :, :sink]
+                                  .clone()) for layer in session.cache.layers)
+
+    results = stream(session, camera, 1000.5, on_round=check)
+    assert len(results) == 1000
+    assert session.policy.evicted_rounds == 1000 - 4
+    assert session.policy.dropped_text_tokens > 0
+    sink = session.policy.sink_tokens
+    for layer, (keys, values) in zip(session.cache.layers, sink_snapshot, strict=True):
+        assert torch.equal(layer.keys[:, :, :sink], keys)  # bit-exact after 1,000 rounds
+        assert torch.equal(layer.values[:, :, :sink], values)
+    # Flat: the same number of tokens is held once the windows are full.
+    steady = [r.cache_tokens for r in results[-100:]]
+    assert max(steady) - min(steady) <= 4 * 3  # only generated-text lengths vary
+
+
+def test_ask_leaves_the_stream_bit_identical(two_layer):
+    sampled = SamplingConfig(temperature=0.9, repetition_penalty=1.05, seed=3)
+    with_ask = StreamingSession(two_layer, small_config(window=2, sampling=sampled))
+    without = StreamingSession(two_layer, small_config(window=2, sampling=sampled))
+    stream(with_ask, SyntheticCamera(seed=2), 4.5)
+    stream(without, SyntheticCamera(seed=2), 4.5)
+    before = snapshot(with_ask)
+    answer = with_ask.ask("What is on the table?")
+    assert answer.answer_tokens >= 0 and answer.question_tokens > 0
+    assert_same_snapshot(before, snapshot(with_ask))
+    assert with_ask.cache_tokens == before[1].numel()
+    # The narration afterwards is exactly what it would have been without the question.
+    after_ask = stream(with_ask, SyntheticCamera(seed=2, start_stamp=1004.5), 3.0)
+    reference = stream(without, SyntheticCamera(seed=2, start_stamp=1004.5), 3.0)
+    assert [r.text for r in after_ask] == [r.text for r in reference]
+    assert_same_snapshot(snapshot(with_ask), snapshot(without))
+
+
+def test_same_seed_reproduces_and_greedy_is_deterministic(two_layer):
+    def narrate(config):
+        session = StreamingSession(two_layer, config)
+        return [r.text for r in stream(session, SyntheticCamera(seed=4), 4.5)]
+
+    sampled = small_config(sampling=SamplingConfig(temperature=1.0, top_p=0.9, seed=1))
+    assert narrate(sampled) == narrate(sampled)
+    other_seed = small_config(sampling=SamplingConfig(temperature=1.0, top_p=0.9, seed=2))
+    assert narrate(sampled) != narrate(other_seed)
+    assert narrate(small_config()) == narrate(small_config())
+
+
+def test_reset_starts_over(two_layer):
+    session = StreamingSession(two_layer, small_config())
+    stream(session, SyntheticCamera(seed=1), 3.5)
+    session.reset()
+    assert session.cache_tokens == 0 and session.policy.length == 0
+    results = stream(session, SyntheticCamera(seed=1, start_stamp=50.0), 1.5)
+    assert results[0].start == 0.0
+
+
+@pytest.mark.parametrize(
+    "image,reason",
+    [
+        (np.zeros((0, 0, 3), np.uint8), "empty"),
+        (np.zeros((48, 64, 3), np.float32), "dtype"),
+        (np.zeros((48, 64), np.uint8), "shape"),
+        (np.zeros((48, 64, 4), np.uint8), "shape"),
+        ([[0, 0, 0]], "numpy array"),
+    ],
+)
+def test_bad_frames_are_rejected_without_touching_the_stream(two_layer, image, reason):
+    session = StreamingSession(two_layer, small_config())
+    camera = SyntheticCamera(seed=9)
+    stream(session, camera, 2.5)
+    before = snapshot(session)
+    with pytest.raises(FrameRejected, match=reason):
+        session.add_frame(image, camera.stamp)
+    assert_same_snapshot(before, snapshot(session))
+    assert len(stream(session, camera, 1.0)) == 1  # the stream goes on
+
+
+def test_stamps_going_backwards_are_rejected_and_stream_continues(two_layer):
+    session = StreamingSession(two_layer, small_config())
+    camera = SyntheticCamera(seed=9)
+    stream(session, camera, 2.5)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    with pytest.raises(FrameRejected, match="backwards"):
+        session.add_frame(frame, camera.stamp - 1.0)
+    with pytest.raises(FrameRejected, match="finite"):
+        session.add_frame(frame, float("nan"))
+    results = stream(session, camera, 1.0)
+    assert [r.start for r in results] == [2.0]
+
+
+def test_gap_of_minutes_resumes_at_true_stream_time(two_layer):
+    session = StreamingSession(two_layer, small_config(window=3))
+    camera = SyntheticCamera(seed=8)
+    stream(session, camera, 3.5)
+    camera.stamp += 300.0  # a five-minute stall
+    results = stream(session, camera, 2.0)
+    assert [r.start for r in results] == [3.0, 303.0, 304.0]
+    assert session.sampler.gap_seconds == 299  # seconds 4 to 302 saw no frame
+    assert session.cache_tokens <= session.bound
+    text = session.format.tokenizer.decode(session.policy.token_ids)
+    assert "Time=304.0-305.0s" in text
+
+
+def test_question_errors_leave_the_cache_untouched(two_layer):
+    session = StreamingSession(two_layer, small_config(max_question_tokens=32))
+    with pytest.raises(ValueError, match="nothing to answer"):
+        session.ask("anything?")
+    stream(session, SyntheticCamera(seed=3), 2.5)
+    before = snapshot(session)
+    with pytest.raises(QuestionTooLong, match="max_question_tokens=32"):
+        session.ask("why " * 100)
+    with pytest.raises(ValueError, match="empty"):
+        session.ask("   ")
+    assert_same_snapshot(before, snapshot(session))
+    assert session.ask("what now?").question_tokens <= 32
+
+
+def test_bound_matches_config_and_capacity(two_layer):
+    session = StreamingSession(two_layer, small_config(window=3, text_sink=8, text_window=12))
+    assert session.cache.capacity == session.bound
+    results = stream(session, SyntheticCamera(seed=12, size=(96, 128)), 30.5)
+    limit = session.stream_bound(96, 128, 31)
+    assert limit < session.bound
+    assert max(r.cache_tokens for r in results) <= limit
+
+
+def test_model_loading_refuses_with_reasons(tmp_path, two_layer):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="'llama'"):
+        load_model(tmp_path)
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        load_model(tmp_path / "missing")
+    path = two_layer.path
+    with pytest.raises(ValueError, match="dtype"):
+        load_model(path, dtype="float8")
+    with pytest.raises(ValueError, match="device"):
+        load_model(path, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_model(path, device="cuda")
+        with pytest.raises(ValueError, match="flash"):
+            load_model(path, attn_implementation="flash_attention_2")
