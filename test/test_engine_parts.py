@@ -1,0 +1,130 @@
+"""Unit tests of the engine's small parts: sampler, frame fitting, prompt format, token choice,
+the tiny checkpoint maker and the benchmark's command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from svlm_ros import benchmark
+from svlm_ros.decoding import SamplingConfig, TokenChooser
+from svlm_ros.frame_sampler import FrameSampler
+from svlm_ros.prompt_format import clean_narration, time_text
+from svlm_ros.tiny_model import main as make_tiny_main
+from svlm_ros.tiny_model import make_tiny_checkpoint
+from svlm_ros.vision_input import fit_frame_size
+
+FRAME = np.zeros((4, 4, 3), np.uint8)
+
+
+def feed(sampler, start, seconds, rate):
+    sampled = 0
+    for i in range(int(seconds * rate)):
+        sampled += sampler.add(FRAME, start + i / rate)
+    return sampled
+
+
+def test_sampler_takes_fps_frames_per_second_from_a_30hz_camera():
+    sampler = FrameSampler(fps=2.0, period=1.0, max_pending=100)
+    assert feed(sampler, 50.0, 10.0, 30.0) == 20
+    assert sampler.pending == 9  # the tenth second closes when the eleventh starts
+    second, skipped = sampler.pop_ready()
+    assert (second.index, second.start, second.end, second.end_stamp) == (0, 0.0, 1.0, 51.0)
+    assert len(second.frames) == 2 and second.received == 2 and skipped == 0
+
+
+def test_sampler_pads_a_slow_camera_and_skips_to_latest():
+    sampler = FrameSampler(fps=4.0, period=1.0, max_pending=100)
+    feed(sampler, 0.0, 6.0, 1.0)  # a 1 Hz camera
+    second, _ = sampler.pop_ready()
+    assert second.received == 1 and len(second.frames) == 4
+    newest, skipped = sampler.pop_ready(latest_only=True)
+    assert newest.index == 4 and skipped == 3 and sampler.pending == 0
+
+
+def test_sampler_drops_unconsumed_seconds_beyond_max_pending():
+    sampler = FrameSampler(max_pending=3)
+    feed(sampler, 0.0, 20.0, 30.0)
+    assert sampler.pending == 3 and sampler.dropped_unconsumed == 16
+
+
+@pytest.mark.parametrize("fps,period", [(3.0, 0.5), (0.0, 1.0), (2.0, -1.0)])
+def test_sampler_refuses_fractional_or_empty_rounds(fps, period):
+    with pytest.raises(ValueError):
+        FrameSampler(fps=fps, period=period)
+
+
+@pytest.mark.parametrize(
+    "size,expected",
+    [((720, 1280), (560, 1008)), ((480, 640), (476, 644)), ((10, 10), (280, 280)),
+     ((8000, 8000), (756, 756))],
+)
+def test_fit_frame_size_keeps_within_the_pixel_budget(size, expected):
+    height, width = fit_frame_size(*size, max_pixels=602112, min_pixels=78400)
+    assert (height, width) == expected
+    assert height % 28 == 0 and width % 28 == 0 and 78400 <= height * width <= 602112
+
+
+def test_prompt_helpers():
+    assert time_text(12.0, 13.0) == "Time=12.0-13.0s"
+    assert clean_narration(" a cup falls ...") == "a cup falls"
+    assert clean_narration("\n ...") == ""
+
+
+def test_token_chooser_greedy_never_picks_a_banned_token():
+    logits = torch.tensor([0.0, 5.0, 1.0, 2.0])
+    chooser = TokenChooser(SamplingConfig(temperature=0.0, repetition_penalty=1.0),
+                           torch.device("cpu"), banned_ids=[1])
+    assert chooser.choose(logits, torch.zeros(0, dtype=torch.long)) == 3
+    penalised = TokenChooser(SamplingConfig(temperature=0.0, repetition_penalty=10.0),
+                             torch.device("cpu"))
+    assert penalised.choose(logits, torch.tensor([1])) == 3
+
+
+@pytest.mark.parametrize("field,value", [("temperature", -1.0), ("top_p", 0.0),
+                                         ("repetition_penalty", 0.0)])
+def test_sampling_config_is_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplingConfig(**{field: value})
+
+
+def test_tiny_checkpoint_is_deterministic_and_loads_like_a_real_one(tmp_path):
+    assert make_tiny_main([str(tmp_path / "a"), "--seed", "4"]) == 0
+    make_tiny_checkpoint(tmp_path / "b", seed=4)
+    make_tiny_checkpoint(tmp_path / "c", seed=5)
+    models = {name: AutoModelForImageTextToText.from_pretrained(tmp_path / name)
+              for name in "abc"}
+    weights = {name: model.state_dict() for name, model in models.items()}
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
+    processor = AutoProcessor.from_pretrained(tmp_path / "a")
+    video = np.random.default_rng(0).integers(0, 256, (2, 56, 56, 3), dtype=np.uint8)
+    chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Hi"}]}]
+    text = processor.apply_chat_template(chat, add_generation_prompt=True)
+    inputs = processor(text=[text], videos=[video], return_tensors="pt")
+    assert inputs["video_grid_thw"].tolist() == [[1, 4, 4]]
+    with torch.inference_mode():
+        out = models["a"].generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_bench_writes_every_figure(tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    status = benchmark.main(["--stream-seconds", "3", "--frame-size", "128x96",
+                             "--max-new-tokens", "2", "--json", str(report)])
+    assert status == 0
+    data = json.loads(report.read_text())
+    assert data["stream_seconds"] == 3 and set(data["policies"]) == {"bounded", "full",
+                                                                     "recompute"}
+    for row in data["policies"].values():
+        assert row["seconds_run"] == 3 and row["stopped_early"] is False
+        for key in ("step_ms_first_median", "step_ms_last_median", "step_ms_p99",
+                    "rss_mb_first", "rss_mb_last"):
+            assert row[key] > 0
+        assert row["cuda_mb_peak"] is None and row["cache_tokens_max"] > 0
+    assert "bounded" in capsys.readouterr().out
+    assert benchmark.main(["--policies", "nope"]) == 2
