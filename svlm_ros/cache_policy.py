@@ -144,14 +144,21 @@ class StreamingCachePolicy:
         self.token_ids = self.token_ids[:length]
         self.positions = self.positions[:, :length]
 
-    def mark_sink(self) -> None:
-        """Everything held so far is the sink (called once, after the first prefill)."""
-        if self.rounds or self.previous_text_tokens:
+    def mark_sink(self, tokens: int) -> None:
+        """The first ``tokens`` tokens of the stream are the sink (set once, before round 1)."""
+        if self.rounds or self.previous_text_tokens or self.length:
             raise RuntimeError("the sink can only be marked before any round")
-        self.sink_tokens = self.length
+        self.sink_tokens = tokens
 
     def begin_round(self, stream_second: float, prompt_tokens: int) -> None:
         self.rounds.append(RoundSpan(stream_second, prompt_tokens))
+
+    def abandon_round(self, length: int) -> None:
+        """Forget a round that failed midway, and any of its tokens past ``length``."""
+        self.rounds.pop()
+        self.truncate(length)
+        if not self.rounds and self.previous_text_tokens == 0 and length == 0:
+            self.sink_tokens = 0  # the first round carried the sink: start over cleanly
 
     def end_round(self, text_tokens: int, close_tokens: int) -> None:
         current = self.rounds[-1]

@@ -269,11 +269,8 @@ class StreamingSession:
         self.policy.append(input_ids[0], positions)
         return output.logits[0, -1]
 
-    def _chunk_positions(self, ids: list[int], video: VideoBlock | None) -> torch.Tensor:
-        """3-D positions of a new chunk, continuing from the cache's next free position."""
-        start = self.policy.next_position
-        if video is None:
-            return torch.arange(start, start + len(ids)).expand(3, -1).clone()
+    def _chunk_positions(self, ids: list[int], video: VideoBlock, start: int) -> torch.Tensor:
+        """3-D positions of a round's prompt (with its video block) starting at ``start``."""
         input_ids = torch.tensor([ids], dtype=torch.long)
         token_types = (input_ids == self.format.video_pad_id).int() * 2
         positions, _ = self.model.model.get_rope_index(
@@ -337,26 +334,31 @@ class StreamingSession:
         self._apply_eviction(plan)
         t2 = time.perf_counter()
         if first:
-            sink_positions = self._chunk_positions(self._sink_ids, None)
-            self.policy.append(torch.tensor(self._sink_ids), sink_positions)
-            self.policy.mark_sink()
-            self.policy.begin_round(second.start, len(prompt_ids))
-            round_positions = self._chunk_positions(prompt_ids, video)
-            # One forward for sink + first round; the policy already knows the sink tokens.
-            self.policy.truncate(0)
+            # The sink and the first round go through the model in one forward pass.
+            self.policy.mark_sink(len(self._sink_ids))
             ids = self._sink_ids + prompt_ids
+            sink_positions = torch.arange(len(self._sink_ids)).expand(3, -1)
+            round_positions = self._chunk_positions(prompt_ids, video, len(self._sink_ids))
             positions = torch.cat([sink_positions, round_positions], dim=1)
         else:
-            self.policy.begin_round(second.start, len(prompt_ids))
-            ids, positions = prompt_ids, self._chunk_positions(prompt_ids, video)
-        logits = self._prefill(ids, positions, video)
-        t3 = time.perf_counter()
-        generated, unfed, recorded = self._generate(
-            logits, self.config.max_new_tokens, self.chooser, stop_on_marker=True
-        )
-        closing = unfed + self._close_ids
-        start = self.policy.next_position
-        self._forward(closing, torch.arange(start, start + len(closing)).expand(3, -1).clone())
+            ids = prompt_ids
+            positions = self._chunk_positions(prompt_ids, video, self.policy.next_position)
+        self.policy.begin_round(second.start, len(prompt_ids))
+        length_before = self.policy.length
+        try:
+            logits = self._prefill(ids, positions, video)
+            t3 = time.perf_counter()
+            generated, unfed, recorded = self._generate(
+                logits, self.config.max_new_tokens, self.chooser, stop_on_marker=True
+            )
+            closing = unfed + self._close_ids
+            start = self.policy.next_position
+            self._forward(closing, torch.arange(start, start + len(closing)).expand(3, -1))
+        except BaseException:
+            # A failed round (e.g. out of memory) leaves no trace: the stream stays usable.
+            self.cache.truncate(length_before)
+            self.policy.abandon_round(length_before)
+            raise
         self.policy.end_round(len(generated), len(self._close_ids))
         t4 = time.perf_counter()
         self.last_round_logits = recorded
@@ -410,7 +412,7 @@ class StreamingSession:
         record, self.record_logits = self.record_logits, False
         try:
             start = self.policy.next_position
-            logits = self._forward(ids, torch.arange(start, start + len(ids)).expand(3, -1).clone())
+            logits = self._forward(ids, torch.arange(start, start + len(ids)).expand(3, -1))
             generated, _, _ = self._generate(
                 logits, budget, self.answer_chooser, stop_on_marker=False
             )

@@ -44,8 +44,8 @@ def run_round(policy, round_index, text_ids):
 
 def make_policy(**config):
     policy = StreamingCachePolicy(CachePolicyConfig(**config))
+    policy.mark_sink(SINK)
     _text(policy, list(range(-100, -100 + SINK)))
-    policy.mark_sink()
     return policy
 
 

@@ -183,6 +183,27 @@ def test_bound_matches_config_and_capacity(two_layer):
     assert max(r.cache_tokens for r in results) <= limit
 
 
+def test_a_failed_round_leaves_no_trace(two_layer, monkeypatch):
+    session = StreamingSession(two_layer, small_config(window=2))
+    camera = SyntheticCamera(seed=6)
+    stream(session, camera, 3.5)
+    before = snapshot(session)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("simulated out of memory during decoding")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(session, "_generate", out_of_memory)
+        with pytest.raises(RuntimeError, match="simulated"):
+            stream(session, camera, 1.0)
+    after = snapshot(session)
+    # The eviction that preceded the failed prefill stands; nothing of the failed round does.
+    assert [r[0] for r in after[3]] == [r[0] for r in before[3]][1:]
+    assert after[1].numel() == session.cache_tokens
+    # The stream goes on (second 3 was lost with the failure).
+    assert [r.start for r in stream(session, camera, 3.0)] == [4.0, 5.0]
+
+
 def test_model_loading_refuses_with_reasons(tmp_path, two_layer):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="'llama'"):
