@@ -83,16 +83,19 @@ class PreallocatedLayer(DynamicLayer):
         self,
         first_changed: int,
         source_index: torch.Tensor,
-        shift: torch.Tensor,
+        shift: torch.Tensor | None,
         inverse_frequencies: torch.Tensor,
     ) -> None:
-        """Rewrite the region from ``first_changed`` on; tokens before it are not touched."""
+        """Rewrite the region from ``first_changed`` on; tokens before it are not touched.
+
+        ``shift`` is None when no retained token changes position (nothing to rotate).
+        """
         if not self.is_initialized:
             return
         kept = source_index.numel()
         keys = self._key_buffer[:, :, source_index]
         values = self._value_buffer[:, :, source_index]
-        if bool((shift != 0).any()):
+        if shift is not None:
             keys = rotate_keys_by_shift(keys, shift, inverse_frequencies)
         end = first_changed + kept
         self._key_buffer[:, :, first_changed:end] = keys
@@ -146,6 +149,8 @@ class BoundedKVCache(Cache):
         moved = (kept_index != arange) | (shift != 0)
         first_changed = int(moved.nonzero()[0]) if bool(moved.any()) else kept_index.numel()
         tail_index = kept_index[first_changed:].to(device)
-        tail_shift = shift[first_changed:].to(device)
+        # Decided on the host (the policy's tensors live there): no device sync per layer.
+        tail_shift = shift[first_changed:]
+        tail_shift = tail_shift.to(device) if bool(tail_shift.any()) else None
         for layer in self.layers:
             layer.compact(first_changed, tail_index, tail_shift, inverse_frequencies)
