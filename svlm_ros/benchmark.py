@@ -137,6 +137,7 @@ def run_policy(name: str, loaded, config: StreamConfig, args) -> dict:
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(loaded.device)
     steps: list[float] = []
+    cpu_steps: list[float] = []  # process CPU time per step: less sensitive to other load
     rss: list[float] = []
     cache_max = 0
     started = time.perf_counter()
@@ -146,11 +147,13 @@ def run_policy(name: str, loaded, config: StreamConfig, args) -> dict:
         for _frame in range(CAMERA_RATE_HZ):
             session.add_frame(pool[frame % len(pool)], 1000.0 + frame / CAMERA_RATE_HZ)
             frame += 1
+        cpu_started = time.process_time()
         result, _ = session.run_pending()
         if result is None:
             continue
         if on_cuda:
             torch.cuda.synchronize(loaded.device)
+        cpu_steps.append((time.process_time() - cpu_started) * 1e3)
         steps.append(result.timings_ms["total"])
         rss.append(process.memory_info().rss / 2**20)
         cache_max = max(cache_max, result.cache_tokens)
@@ -176,6 +179,8 @@ def run_policy(name: str, loaded, config: StreamConfig, args) -> dict:
         "step_ms_first_median": _median(first),
         "step_ms_last_median": _median(last),
         "step_ms_p99": float(np.percentile(steps, 99)) if steps else float("nan"),
+        "step_cpu_ms_first_median": _median(cpu_steps[:WINDOW_FOR_AGGREGATES]),
+        "step_cpu_ms_last_median": _median(cpu_steps[-WINDOW_FOR_AGGREGATES:]),
         "rss_mb_first": _median(rss[:WINDOW_FOR_AGGREGATES]),
         "rss_mb_last": _median(rss[-WINDOW_FOR_AGGREGATES:]),
         "cuda_mb_peak": torch.cuda.max_memory_allocated(loaded.device) / 2**20 if on_cuda else None,
@@ -211,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vision-window-seconds", type=int, default=16,
                         help="vision window of bounded and recompute (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="frame and sampling seed")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch; 0 = torch's default")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     return parser
 
@@ -227,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stream_seconds < 1:
         print("svlm-bench: --stream-seconds must be >= 1", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model
         if model_dir is None:
