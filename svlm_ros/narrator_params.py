@@ -1,0 +1,460 @@
+"""Every parameter of the narrator node: declared, checked and turned into engine config here.
+
+``PARAMETERS`` is the one list of parameters (name, default, description, range, whether a change
+needs a node restart or restarts the streams). The node declares exactly these, README.md and
+``config/narrator.yaml`` document exactly these (a test compares them).
+
+Plain Python: nothing here imports rclpy; ``ParameterSpec.descriptor()`` imports the
+``rcl_interfaces`` message package only when called. The checks work on a ``{name: value}``
+mapping, so the node's on-set callback and the unit tests run the very same code:
+
+* ``problems(values)`` lists every reason a parameter set is unusable (ranges, choices, list
+  lengths, camera names, and the cross-parameter rules of ``StreamConfig``);
+* ``stream_config(values)`` builds the engine's ``StreamConfig``;
+* ``camera_specs(values)`` turns the three camera lists into one ``CameraSpec`` per camera.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .cache_policy import CachePolicyConfig
+from .decoding import SamplingConfig
+from .model_loading import ATTENTION_CHOICES, DTYPE_CHOICES
+from .prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
+from .streaming_session import StreamConfig
+from .vision_input import PATCH_FACTOR
+
+TRANSPORT_CHOICES = ("raw", "compressed")
+RELIABILITY_CHOICES = ("best_effort", "reliable")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Temporal patch size of Qwen2.5-VL's vision encoder; the node re-checks against the loaded
+# checkpoint's own value when it configures.
+DEFAULT_TEMPORAL_PATCH = 2
+# Last path parts that name the image rather than the camera: "/front/image_raw" is "front".
+_IMAGE_TOPIC_SUFFIXES = frozenset(
+    {"image", "image_raw", "image_color", "image_rect", "image_rect_color", "image_mono",
+     "compressed"}
+)  # fmt: skip
+_CAMERA_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter.
+
+    Attributes:
+        name: Parameter name.
+        default: Declared default; its Python type fixes the ROS parameter type (``list`` of
+            ``str`` means a string array).
+        description: One line for the descriptor, README and the YAML file.
+        read_only: Fixed for the life of the node (model or subscriptions depend on it).
+        restarts_stream: Changing it at run time rebuilds every camera's stream (the model
+            stays loaded, the streams' memory starts empty).
+        minimum: Smallest allowed number (inclusive), or None.
+        maximum: Largest allowed number (inclusive), or None.
+        choices: Allowed strings (for a string array: allowed items), or empty.
+    """
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    restarts_stream: bool = False
+    minimum: float | int | None = None
+    maximum: float | int | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def type_name(self) -> str:
+        """``bool``, ``int``, ``double``, ``string`` or ``string[]`` (ROS parameter types)."""
+        if isinstance(self.default, bool):
+            return "bool"
+        if isinstance(self.default, int):
+            return "int"
+        if isinstance(self.default, float):
+            return "double"
+        if isinstance(self.default, list):
+            return "string[]"
+        return "string"
+
+    @property
+    def range_text(self) -> str:
+        """The allowed values in words, e.g. ``[0.1, 60.0]`` or ``raw | compressed``."""
+        if self.choices:
+            return " | ".join(self.choices)
+        if self.minimum is not None and self.maximum is not None:
+            return f"[{self.minimum}, {self.maximum}]"
+        return ""
+
+    def descriptor(self):
+        """The ``rcl_interfaces/ParameterDescriptor`` the node declares this parameter with."""
+        from rcl_interfaces.msg import (
+            FloatingPointRange,
+            IntegerRange,
+            ParameterDescriptor,
+            ParameterType,
+        )
+
+        types = {
+            "bool": ParameterType.PARAMETER_BOOL,
+            "int": ParameterType.PARAMETER_INTEGER,
+            "double": ParameterType.PARAMETER_DOUBLE,
+            "string": ParameterType.PARAMETER_STRING,
+            "string[]": ParameterType.PARAMETER_STRING_ARRAY,
+        }
+        descriptor = ParameterDescriptor(
+            name=self.name,
+            type=types[self.type_name],
+            description=self.description,
+            read_only=self.read_only,
+        )
+        notes = []
+        if self.choices:
+            notes.append(f"one of: {', '.join(self.choices)}")
+        if self.restarts_stream:
+            notes.append("a change restarts every camera's stream (memory starts empty)")
+        if self.read_only:
+            notes.append("read-only: set it at start-up")
+        descriptor.additional_constraints = "; ".join(notes)
+        if self.minimum is not None and self.maximum is not None:
+            if self.type_name == "int":
+                descriptor.integer_range = [
+                    IntegerRange(from_value=int(self.minimum), to_value=int(self.maximum), step=1)
+                ]
+            elif self.type_name == "double":
+                descriptor.floating_point_range = [
+                    FloatingPointRange(
+                        from_value=float(self.minimum), to_value=float(self.maximum), step=0.0
+                    )
+                ]
+        return descriptor
+
+
+def _spec(name: str, default: Any, description: str, **options: Any) -> ParameterSpec:
+    return ParameterSpec(name, default, description, **options)
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    # --- the model (a change needs a new process) ---------------------------------------------
+    _spec("model_path", "", "Checkpoint directory (from_pretrained layout) loaded on configure; "
+          "empty: configure fails and asks answer 'model not loaded'.", read_only=True),
+    _spec("device", "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda or "
+          "cuda:N.", read_only=True),
+    _spec("dtype", "auto", "Model dtype; auto is bfloat16 on CUDA and float32 on the CPU.",
+          read_only=True, choices=DTYPE_CHOICES),
+    _spec("attn_implementation", "auto", "Attention kernel; auto picks flash_attention_2 when "
+          "installed (CUDA, half precision), else sdpa.", read_only=True,
+          choices=ATTENTION_CHOICES),
+    _spec("autostart", True, "Configure and activate at start-up (no lifecycle manager needed).",
+          read_only=True),
+    # --- cameras (subscriptions are made once) --------------------------------------------------
+    _spec("camera_topics", ["camera/image_raw"], "Image topics, one stream per camera. Relative "
+          "names resolve in the node's namespace. For compressed transport give the base topic; "
+          "'/compressed' is appended (image_transport's convention).", read_only=True),
+    _spec("camera_names", [], "Camera names (used in messages and by ask), one per topic; empty: "
+          "derived from the topics ('/front/image_raw' is 'front').", read_only=True),
+    _spec("image_transports", ["raw"], "Per camera: raw (sensor_msgs/Image) or compressed "
+          "(sensor_msgs/CompressedImage, jpeg/png); one value applies to all cameras.",
+          read_only=True, choices=TRANSPORT_CHOICES),
+    _spec("qos_reliability", "best_effort", "Reliability of the image subscriptions "
+          "(best_effort is the sensor-data QoS; reliable for reliable-only publishers).",
+          read_only=True, choices=RELIABILITY_CHOICES),
+    _spec("qos_depth", 5, "History depth of the image subscriptions (keep-last).",
+          read_only=True, minimum=1, maximum=1000),
+    _spec("max_input_pixels", 4096 * 4096, "Largest incoming image (width*height) accepted; "
+          "larger images are rejected before any decoding.", minimum=1, maximum=1 << 30),
+    _spec("default_camera", "", "Camera that ask uses when a request names none; empty: the "
+          "first camera."),
+    _spec("status_period", 1.0, "Seconds between status messages on status and /diagnostics.",
+          read_only=True, minimum=0.1, maximum=60.0),
+    # --- the stream (a change rebuilds the streams; the model stays loaded) ---------------------
+    _spec("fps", 2.0, "Frames per second of stream time given to the model; fps*period must be "
+          "a whole multiple of the temporal patch size (2).", restarts_stream=True,
+          minimum=0.1, maximum=60.0),
+    _spec("period", 1.0, "Seconds of stream per narration (one engine round per period).",
+          restarts_stream=True, minimum=0.1, maximum=60.0),
+    _spec("max_pixels", 602112, "Pixel budget per frame for the vision encoder (602112 = 768 "
+          "tokens per two frames); frames are resized to fit.", restarts_stream=True,
+          minimum=PATCH_FACTOR * PATCH_FACTOR, maximum=16777216),
+    _spec("min_pixels", 78400, "Smallest frame area given to the vision encoder; smaller frames "
+          "are upscaled. Must be <= max_pixels.", restarts_stream=True,
+          minimum=PATCH_FACTOR * PATCH_FACTOR, maximum=16777216),
+    _spec("max_new_tokens", 20, "Most tokens generated per narration.", restarts_stream=True,
+          minimum=1, maximum=1024),
+    _spec("text_sink_tokens", 512, "First tokens of the previous-text block that are never "
+          "evicted.", restarts_stream=True, minimum=0, maximum=65536),
+    _spec("text_window_tokens", 512, "Most recent tokens of the previous-text block that are "
+          "kept.", restarts_stream=True, minimum=0, maximum=65536),
+    _spec("vision_window_seconds", 16, "Seconds of video (whole rounds) kept in the cache.",
+          restarts_stream=True, minimum=1, maximum=3600),
+    _spec("system_prompt", "", "System prompt (part of the attention sink); empty: the built-in "
+          "prompt.", restarts_stream=True),
+    _spec("instruction", "", "Task instruction of the first user turn; empty: the built-in "
+          "instruction.", restarts_stream=True),
+    _spec("temperature", 0.9, "Sampling temperature of narration; 0 is greedy.",
+          restarts_stream=True, minimum=0.0, maximum=5.0),
+    _spec("top_p", 1.0, "Nucleus sampling mass of narration (1 keeps every token).",
+          restarts_stream=True, minimum=0.01, maximum=1.0),
+    _spec("repetition_penalty", 1.05, "Repetition penalty of narration and answers (1 is off).",
+          restarts_stream=True, minimum=0.01, maximum=10.0),
+    _spec("seed", 0, "Random seed of narration sampling (per stream).", restarts_stream=True,
+          minimum=0, maximum=2**31 - 1),
+    _spec("max_question_tokens", 256, "Longest question ask accepts, in tokens (chat framing "
+          "included).", restarts_stream=True, minimum=1, maximum=8192),
+    _spec("max_answer_tokens", 64, "Most tokens of an answer (answers are greedy); bounds how "
+          "long one ask holds the model.", restarts_stream=True, minimum=1, maximum=4096),
+    _spec("max_pending_seconds", 4, "Completed seconds queued per camera before the oldest is "
+          "dropped; the worker always narrates the newest and skips the rest.",
+          restarts_stream=True, minimum=1, maximum=600),
+)
+
+SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+STREAM_PARAMETERS = frozenset(spec.name for spec in PARAMETERS if spec.restarts_stream)
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One camera stream as configured.
+
+    Attributes:
+        name: Camera name (messages, ask, status).
+        topic: The configured topic.
+        transport: ``raw`` or ``compressed``.
+        subscription_topic: The topic actually subscribed to (``<topic>/compressed`` for
+            compressed transport).
+    """
+
+    name: str
+    topic: str
+    transport: str
+    subscription_topic: str
+
+
+def defaults() -> dict[str, Any]:
+    """``{name: declared default}`` for every parameter (lists copied)."""
+    return {spec.name: list(spec.default) if isinstance(spec.default, list) else spec.default
+            for spec in PARAMETERS}
+
+
+def value_problem(spec: ParameterSpec, value: Any) -> str | None:
+    """Why ``value`` is not allowed for ``spec`` (type, range, choices), or None."""
+    expected = spec.type_name
+    if expected == "bool":
+        ok_type = isinstance(value, bool)
+    elif expected == "int":
+        ok_type = isinstance(value, int) and not isinstance(value, bool)
+    elif expected == "double":
+        ok_type = isinstance(value, float) and math.isfinite(value)
+    elif expected == "string[]":
+        ok_type = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    else:
+        ok_type = isinstance(value, str)
+    if not ok_type:
+        return f"{spec.name} must be a finite {expected}, got {value!r}"
+    if spec.minimum is not None and spec.maximum is not None and expected in ("int", "double"):
+        if not spec.minimum <= value <= spec.maximum:
+            return f"{spec.name} must be in [{spec.minimum}, {spec.maximum}], got {value!r}"
+    if spec.choices:
+        items = value if expected == "string[]" else [value]
+        bad = [item for item in items if item not in spec.choices]
+        if bad:
+            return f"{spec.name} must be one of {', '.join(spec.choices)}; got {bad[0]!r}"
+    return None
+
+
+def derive_camera_name(topic: str) -> str:
+    """A camera name from its topic: ``/front/image_raw`` -> ``front``, ``image`` -> ``image``.
+
+    Image-like last parts (``image_raw``, ``image_rect_color``, ``compressed``, ...) are dropped
+    while something else is left; the remaining parts are joined with ``_``.
+    """
+    parts = [part for part in topic.strip("/").split("/") if part]
+    while len(parts) > 1 and parts[-1] in _IMAGE_TOPIC_SUFFIXES:
+        parts.pop()
+    return "_".join(parts)
+
+
+def subscription_topic(topic: str, transport: str) -> str:
+    """The topic to subscribe to; image_transport puts compressed images at `<base>/compressed`."""
+    if transport == "compressed" and not topic.rstrip("/").endswith("/compressed"):
+        return topic.rstrip("/") + "/compressed"
+    return topic
+
+
+def camera_specs(values: Mapping[str, Any]) -> list[CameraSpec]:
+    """One ``CameraSpec`` per entry of ``camera_topics``.
+
+    Raises:
+        ValueError: empty or repeated topics, list lengths that do not match, or bad or
+            repeated camera names.
+    """
+    topics = list(values["camera_topics"])
+    names = list(values["camera_names"])
+    transports = list(values["image_transports"])
+    if not topics:
+        raise ValueError("camera_topics is empty; give at least one image topic")
+    if any(not topic.strip() for topic in topics):
+        raise ValueError(f"camera_topics has an empty entry: {topics}")
+    if len(set(topics)) != len(topics):
+        raise ValueError(f"camera_topics lists a topic twice: {topics}")
+    if names and len(names) != len(topics):
+        raise ValueError(
+            f"camera_names has {len(names)} entries for {len(topics)} camera_topics; give one "
+            "name per topic or none (names are then derived from the topics)"
+        )
+    if len(transports) not in (1, len(topics)):
+        raise ValueError(
+            f"image_transports has {len(transports)} entries for {len(topics)} camera_topics; "
+            "give one per topic or a single value for all"
+        )
+    if len(transports) == 1:
+        transports = transports * len(topics)
+    for transport in transports:
+        if transport not in TRANSPORT_CHOICES:
+            raise ValueError(
+                f"image_transports entries must be one of {', '.join(TRANSPORT_CHOICES)}; "
+                f"got {transport!r}"
+            )
+    derived = not names
+    if derived:
+        names = [derive_camera_name(topic) for topic in topics]
+    for name in names:
+        if not _CAMERA_NAME_PATTERN.match(name):
+            raise ValueError(
+                f"camera name {name!r} must be non-empty letters, digits, '_', '.' or '-'"
+            )
+    if len(set(names)) != len(names):
+        hint = " (derived from camera_topics; set camera_names)" if derived else ""
+        raise ValueError(f"camera names must be unique, got {names}{hint}")
+    return [
+        CameraSpec(name, topic, transport, subscription_topic(topic, transport))
+        for name, topic, transport in zip(names, topics, transports, strict=True)
+    ]
+
+
+def model_device(value: str) -> str:
+    """Resolve ``auto`` to ``cuda`` when torch sees a GPU, else ``cpu``; other values pass."""
+    if value != "auto":
+        return value
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def stream_config(values: Mapping[str, Any]) -> StreamConfig:
+    """The engine's ``StreamConfig`` from parameter values.
+
+    Raises:
+        ValueError: the values break one of the config's own rules (e.g. min_pixels >
+            max_pixels, top_p not in (0, 1]).
+    """
+    return StreamConfig(
+        fps=float(values["fps"]),
+        period=float(values["period"]),
+        max_pixels=int(values["max_pixels"]),
+        min_pixels=int(values["min_pixels"]),
+        max_new_tokens=int(values["max_new_tokens"]),
+        system_prompt=values["system_prompt"] or DEFAULT_SYSTEM_PROMPT,
+        instruction=values["instruction"] or DEFAULT_INSTRUCTION,
+        cache=CachePolicyConfig(
+            text_sink_tokens=int(values["text_sink_tokens"]),
+            text_window_tokens=int(values["text_window_tokens"]),
+            vision_window_seconds=int(values["vision_window_seconds"]),
+        ),
+        sampling=SamplingConfig(
+            temperature=float(values["temperature"]),
+            top_p=float(values["top_p"]),
+            repetition_penalty=float(values["repetition_penalty"]),
+            seed=int(values["seed"]),
+        ),
+        max_question_tokens=int(values["max_question_tokens"]),
+        max_answer_tokens=int(values["max_answer_tokens"]),
+        max_pending_seconds=int(values["max_pending_seconds"]),
+    )
+
+
+def frames_per_round_problem(fps: float, period: float, temporal_patch: int) -> str | None:
+    """Why ``fps`` and ``period`` cannot make video blocks, or None."""
+    frames = fps * period
+    if abs(frames - round(frames)) > 1e-6 or round(frames) < 1:
+        return (
+            f"fps * period = {fps:g} * {period:g} = {frames:g} frames per round; it must be a "
+            "whole number"
+        )
+    if round(frames) % temporal_patch:
+        return (
+            f"fps * period = {round(frames)} frames per round must be a multiple of the model's "
+            f"temporal patch size {temporal_patch} (e.g. fps=2.0 with period=1.0)"
+        )
+    return None
+
+
+def problems(
+    values: Mapping[str, Any], *, temporal_patch: int = DEFAULT_TEMPORAL_PATCH
+) -> list[str]:
+    """Every reason the parameter set ``values`` cannot run; empty when it can.
+
+    Args:
+        values: ``{name: value}`` for every parameter in ``PARAMETERS``.
+        temporal_patch: The model's temporal patch size (frames per video grid step).
+    """
+    found: list[str] = []
+    missing = [spec.name for spec in PARAMETERS if spec.name not in values]
+    if missing:
+        return [f"missing parameters: {', '.join(missing)}"]
+    for spec in PARAMETERS:
+        problem = value_problem(spec, values[spec.name])
+        if problem:
+            found.append(problem)
+    if found:
+        return found  # cross checks would only repeat these in other words
+    if not DEVICE_PATTERN.match(values["device"]):
+        found.append(f"device must be auto, cpu, cuda or cuda:N; got {values['device']!r}")
+    try:
+        cameras = camera_specs(values)
+    except ValueError as error:
+        found.append(str(error))
+    else:
+        default = values["default_camera"]
+        names = [camera.name for camera in cameras]
+        if default and default not in names:
+            found.append(f"default_camera {default!r} is not a camera; cameras: {', '.join(names)}")
+    problem = frames_per_round_problem(values["fps"], values["period"], temporal_patch)
+    if problem:
+        found.append(problem)
+    try:
+        stream_config(values)
+    except ValueError as error:
+        found.append(str(error))
+    return found
+
+
+def parameter_table() -> str:
+    """The Markdown table of every parameter (README's table is this text)."""
+    lines = [
+        "| Parameter | Type | Default | Range | Changes | Description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in PARAMETERS:
+        default = spec.default
+        if isinstance(default, str):
+            default_text = f'`"{default}"`'
+        elif isinstance(default, bool):
+            default_text = f"`{str(default).lower()}`"
+        elif isinstance(default, list):
+            default_text = "`[" + ", ".join(f'"{item}"' for item in default) + "]`"
+        else:
+            default_text = f"`{default}`"
+        changes = "restart" if spec.read_only else ("restarts streams" if spec.restarts_stream
+                                                     else "live")
+        range_text = spec.range_text.replace("|", "\\|")
+        lines.append(
+            f"| `{spec.name}` | {spec.type_name} | {default_text} | {range_text} | {changes} "
+            f"| {spec.description} |"
+        )
+    return "\n".join(lines)
