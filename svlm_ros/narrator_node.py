@@ -179,21 +179,36 @@ class NarratorNode(LifecycleNode):
     # ----- parameters --------------------------------------------------------------------
     def _declare_parameters(self) -> dict[str, Any]:
         for spec in narrator_params.PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, spec.descriptor())
-        values = {}
-        for spec in narrator_params.PARAMETERS:
-            try:
-                values[spec.name] = self.get_parameter(spec.name).value
-            except ParameterUninitializedException:
-                # A YAML `[]` arrives without a type and leaves the parameter unset: it means
-                # an empty list.
-                empty = Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])
-                self.set_parameters([empty])
-                values[spec.name] = []
+            if spec.default == []:
+                self._declare_empty_string_array(spec)
+            else:
+                self.declare_parameter(spec.name, spec.default, spec.descriptor())
+        values = {spec.name: self.get_parameter(spec.name).value
+                  for spec in narrator_params.PARAMETERS}
         for name, value in values.items():
             if isinstance(value, tuple):
                 values[name] = list(value)
         return values
+
+    def _declare_empty_string_array(self, spec: narrator_params.ParameterSpec) -> None:
+        """Declare a string array whose default is ``[]``.
+
+        rclpy takes a parameter's type from its default, and ``[]`` has none; a YAML ``[]``
+        arrives without a type too. So declare it by type, writable; give it ``[]`` when no
+        override set a value; then make it read-only if it is.
+        """
+        descriptor = spec.descriptor()
+        descriptor.read_only = False
+        self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor)
+        try:
+            self.get_parameter(spec.name)
+        except ParameterUninitializedException:
+            empty = Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])
+            result = self.set_parameters([empty])[0]
+            if not result.successful:
+                raise ValueError(f"{spec.name}: {result.reason}") from None
+        if spec.read_only:
+            self.set_descriptor(spec.name, spec.descriptor())
 
     def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """On-set callback: refuse a change that breaks any rule, with every reason."""
