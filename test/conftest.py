@@ -16,13 +16,27 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from ros_helpers import NodeProcess, installed_executable
+from ros_helpers import NodeProcess, installed_executable, installed_share
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--run-slow", action="store_true", help="also run tests marked slow (tiny-model e2e)"
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Raw 640x480 frames (900 KB) between processes are mostly lost with Fast DDS's default
+    # 512 KB shared-memory segment (best effort). The installed profile enlarges the segment
+    # of every participant these tests start, in this process and in the nodes it spawns.
+    # It must be set before the first participant exists, hence here.
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
+        try:
+            profile = installed_share("svlm_ros") / "config" / "fastdds_large_images.xml"
+        except (KeyError, LookupError, ValueError):  # package not built: tests will say so
+            return
+        if profile.is_file():
+            os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -124,3 +138,11 @@ def spawn_node(tmp_path: Path) -> Iterator[SpawnNode]:
             except TimeoutError:
                 pass  # killed by stop(); the test itself reports what went wrong
         process.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2.5-VL checkpoint directory (svlm-make-tiny), made once per test session."""
+    from svlm_ros.tiny_model import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model") / "tiny")

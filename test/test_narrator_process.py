@@ -1,60 +1,154 @@
-"""The installed narrator executable, started the way the launch file starts it."""
+"""The installed narrator executable: names, start-up checks, lifecycle by hand, signals.
 
+test_narrator_node.py drives one long-running narrator; these tests each start their own,
+short-lived one to check what happens at start-up and at the end.
+"""
+
+import signal
+import time
 from pathlib import Path
 
 import yaml
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from narrator_harness import NarratorHarness
 from rcl_interfaces.srv import GetParameters
 from ros_helpers import call_service, installed_share, spin_until, wait_for_service
 
+from svlm_ros.msg import NarratorStatus
 from svlm_ros.srv import Ask
-
-NAMESPACE = "/svlm"
-
-
-def narrator_args(params_file: Path) -> list[str]:
-    return ["--ros-args", "--params-file", str(params_file), "-r", f"__ns:={NAMESPACE}"]
 
 
 def installed_params_file() -> Path:
     return installed_share("svlm_ros") / "config" / "narrator.yaml"
 
 
-def test_serves_ask_and_exits_cleanly_on_sigint(spawn_node, ros_node, executor):
+def narrator_args(params_file: Path, *extra: str) -> list[str]:
+    return ["--ros-args", "--params-file", str(params_file), *extra]
+
+
+def test_default_namespace_serves_ask_and_reports_why_it_has_no_model(
+    spawn_node, ros_node, executor
+):
+    # The shipped file has no model_path: the node comes up, refuses to configure, says why.
     narrator = spawn_node("svlm_ros", "narrator", narrator_args(installed_params_file()))
     client = ros_node.create_client(Ask, "/svlm/ask")
-    wait_for_service(client, timeout=20.0, process=narrator)
-
+    wait_for_service(client, timeout=30.0, process=narrator)
     assert spin_until(
         executor,
-        lambda: ("narrator", NAMESPACE) in ros_node.get_node_names_and_namespaces(),
+        lambda: ("narrator", "/svlm") in ros_node.get_node_names_and_namespaces(),
         timeout=10.0,
     ), f"/svlm/narrator not in the graph: {ros_node.get_node_names_and_namespaces()}"
 
     response = call_service(
         executor, client, Ask.Request(question="What is in view?"), timeout=10.0
     )
-    assert isinstance(response, Ask.Response)
-    # Without a model the node must say why it cannot answer.
-    assert response.success or response.message, narrator.describe()
+    assert not response.success
+    assert "model not loaded" in response.message and "model_path is empty" in response.message
     assert response.latency >= 0.0
 
+    statuses = []
+    ros_node.create_subscription(NarratorStatus, "/svlm/status", statuses.append, 10)
+    assert spin_until(executor, lambda: statuses, timeout=10.0), narrator.describe()
+    assert statuses[-1].state == "unconfigured"
+    assert "model_path is empty" in statuses[-1].error
+    assert [camera.name for camera in statuses[-1].cameras] == ["camera"]
+
     assert narrator.stop(timeout=5.0) == 0, narrator.describe()
 
 
-def test_parameters_file_applies_under_the_namespace(spawn_node, ros_node, executor, tmp_path):
+def test_parameters_file_applies_under_a_remapped_namespace(
+    spawn_node, ros_node, executor, tmp_path
+):
     # The installed file with one value changed: proves that its `/**` section reaches the
-    # node under the namespace (the installed values equal the declared defaults).
+    # node under any namespace (the installed values equal the declared defaults).
     params = yaml.safe_load(installed_params_file().read_text())
     params["/**"]["ros__parameters"]["default_camera"] = "front"
+    params["/**"]["ros__parameters"]["camera_topics"] = ["/front/image_raw"]
     params_file = tmp_path / "narrator.yaml"
     params_file.write_text(yaml.safe_dump(params))
-    narrator = spawn_node("svlm_ros", "narrator", narrator_args(params_file))
-
-    client = ros_node.create_client(GetParameters, "/svlm/narrator/get_parameters")
-    wait_for_service(client, timeout=20.0, process=narrator)
-    response = call_service(
-        executor, client, GetParameters.Request(names=["default_camera"]), timeout=10.0
+    narrator = spawn_node(
+        "svlm_ros", "narrator", narrator_args(params_file, "-r", "__ns:=/robot2/svlm")
     )
-    assert [value.string_value for value in response.values] == ["front"]
 
+    client = ros_node.create_client(GetParameters, "/robot2/svlm/narrator/get_parameters")
+    wait_for_service(client, timeout=30.0, process=narrator)
+    response = call_service(
+        executor,
+        client,
+        GetParameters.Request(names=["default_camera", "camera_names", "fps"]),
+        timeout=10.0,
+    )
+    assert response.values[0].string_value == "front"
+    assert list(response.values[1].string_array_value) == []  # YAML [] is an empty list
+    assert response.values[2].double_value == 2.0
     assert narrator.stop(timeout=5.0) == 0, narrator.describe()
+
+
+def test_invalid_start_up_parameters_exit_with_every_reason(spawn_node):
+    narrator = spawn_node(
+        "svlm_ros",
+        "narrator",
+        narrator_args(
+            installed_params_file(),
+            "-p", "fps:=3.0",
+            "-p", "camera_topics:=[a/image, b/image]",
+            "-p", "camera_names:=[only_one]",
+        ),  # fmt: skip
+    )
+    assert narrator.process.wait(timeout=30.0) == 1, narrator.describe()
+    output = narrator.output()
+    assert "invalid parameters" in output
+    assert "multiple of the model's temporal patch size" in output
+    assert "one name per topic" in output
+    assert "Traceback" not in output
+
+
+def test_integer_for_a_decimal_parameter_is_explained(spawn_node):
+    narrator = spawn_node(
+        "svlm_ros", "narrator", narrator_args(installed_params_file(), "-p", "fps:=2")
+    )
+    assert narrator.process.wait(timeout=30.0) == 1, narrator.describe()
+    assert "2.0 rather than 2" in narrator.output()
+
+
+def test_lifecycle_by_hand_then_sigterm_within_5_s(spawn_node, tiny_model_path):
+    # autostart false: the node waits unconfigured until a lifecycle manager (here the test)
+    # configures and activates it; then it narrates, and SIGTERM ends it cleanly.
+    narrator = spawn_node(
+        "svlm_ros",
+        "narrator",
+        narrator_args(
+            installed_params_file(),
+            "-p", "autostart:=false",
+            "-p", f"model_path:={tiny_model_path}",
+            "-p", "max_new_tokens:=2",
+            "-p", "max_pixels:=100352",
+        ),  # fmt: skip
+    )
+    harness = NarratorHarness("/svlm", node_name="lifecycle_manager")
+    try:
+        state_client = harness.client(GetState, "narrator/get_state")
+        assert state_client.wait_for_service(timeout_sec=30.0), narrator.describe()
+        assert harness.lifecycle_state() == "unconfigured"
+        refused = harness.ask("Anything?")
+        assert not refused.success and "model not loaded" in refused.message
+
+        harness.add_feed("camera/image_raw", "camera_frame")
+        harness.start_feeds(rate=30.0)
+        assert harness.call(
+            harness.client(ChangeState, "narrator/change_state"),
+            ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)),
+            timeout=60.0,
+        ).success, narrator.describe()
+        assert harness.lifecycle_state() == "inactive"
+        assert harness.lifecycle(Transition.TRANSITION_ACTIVATE)
+        found = harness.wait_narrations("camera", 1, 60.0)
+        assert found[0].header.frame_id == "camera_frame"
+
+        started = time.monotonic()
+        assert narrator.stop(timeout=5.0, sig=signal.SIGTERM) == 0, narrator.describe()
+        assert time.monotonic() - started < 5.0
+        assert "Traceback" not in narrator.output(), narrator.output()
+    finally:
+        harness.close()
