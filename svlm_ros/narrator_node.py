@@ -266,6 +266,10 @@ class NarratorNode(LifecycleNode):
             if not values["model_path"]:
                 raise ValueError("model_path is empty; set it to a checkpoint directory")
             device = narrator_params.model_device(values["device"])
+            if values["torch_threads"] > 0:
+                import torch
+
+                torch.set_num_threads(values["torch_threads"])
             self.get_logger().info(f"loading {values['model_path']} on {device}")
             loaded = load_model(
                 values["model_path"],

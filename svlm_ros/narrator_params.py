@@ -150,6 +150,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("attn_implementation", "auto", "Attention kernel; auto picks flash_attention_2 when "
           "installed (CUDA, half precision), else sdpa.", read_only=True,
           choices=ATTENTION_CHOICES),
+    _spec("torch_threads", 0, "CPU threads torch may use for one operation; 0 keeps torch's "
+          "default (one per core). On a CPU shared with other work 1 or 2 is often much faster "
+          "(OpenMP threads wait for each other when a core is taken).", read_only=True,
+          minimum=0, maximum=256),
     _spec("autostart", True, "Configure and activate at start-up (no lifecycle manager needed).",
           read_only=True),
     # --- cameras (subscriptions are made once) --------------------------------------------------

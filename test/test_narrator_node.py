@@ -59,6 +59,9 @@ def narrator(tiny_model_path, tmp_path_factory):
             # 128 vision tokens per round instead of 392: the 640x480 frames are still sent
             # and converted in full, the tiny model just sees them smaller.
             "-p", "max_pixels:=100352",
+            # One torch thread: this shared 2-core machine runs other work too, and OpenMP
+            # threads waiting on each other make rounds 10x slower there.
+            "-p", "torch_threads:=1",
         ],  # fmt: skip
         log_path=log_path,
         env={**os.environ, "ROS_HOME": str(ros_home), "PYTHONUNBUFFERED": "1"},

@@ -124,6 +124,7 @@ def test_lifecycle_by_hand_then_sigterm_within_5_s(spawn_node, tiny_model_path):
             "-p", f"model_path:={tiny_model_path}",
             "-p", "max_new_tokens:=2",
             "-p", "max_pixels:=100352",
+            "-p", "torch_threads:=1",
         ),  # fmt: skip
     )
     harness = NarratorHarness("/svlm", node_name="lifecycle_manager")
