@@ -1,0 +1,189 @@
+"""The narrator's parameter table, its checks and the config it builds (no ROS graph needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from rcl_interfaces.msg import ParameterType
+
+from svlm_ros import narrator_params
+from svlm_ros.narrator_params import (
+    PARAMETERS,
+    SPECS,
+    camera_specs,
+    defaults,
+    derive_camera_name,
+    parameter_table,
+    problems,
+    stream_config,
+    subscription_topic,
+)
+from svlm_ros.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
+
+SOURCE = Path(__file__).resolve().parents[1]
+
+
+def with_values(**changes):
+    values = defaults()
+    values.update(changes)
+    return values
+
+
+def test_defaults_are_valid_and_every_default_fits_its_own_rules():
+    assert problems(defaults()) == []
+    assert len(SPECS) == len(PARAMETERS)
+    for spec in PARAMETERS:
+        assert narrator_params.value_problem(spec, spec.default) is None, spec.name
+        assert spec.description.endswith("."), spec.name
+
+
+def test_descriptors_carry_type_range_and_read_only():
+    model_path = SPECS["model_path"].descriptor()
+    assert model_path.read_only and model_path.type == ParameterType.PARAMETER_STRING
+    fps = SPECS["fps"].descriptor()
+    assert not fps.read_only and fps.type == ParameterType.PARAMETER_DOUBLE
+    assert (fps.floating_point_range[0].from_value, fps.floating_point_range[0].to_value) == (
+        0.1,
+        60.0,
+    )
+    depth = SPECS["qos_depth"].descriptor()
+    assert depth.integer_range[0].from_value == 1 and depth.integer_range[0].step == 1
+    topics = SPECS["camera_topics"].descriptor()
+    assert topics.type == ParameterType.PARAMETER_STRING_ARRAY and topics.read_only
+    assert "restarts" in SPECS["temperature"].descriptor().additional_constraints
+    assert "one of" in SPECS["dtype"].descriptor().additional_constraints
+    # What needs the model or the subscriptions rebuilt cannot change at run time.
+    for name in ("model_path", "device", "dtype", "attn_implementation", "camera_topics",
+                 "camera_names", "image_transports", "qos_reliability", "qos_depth"):
+        assert SPECS[name].read_only, name
+
+
+@pytest.mark.parametrize(
+    ("topic", "name"),
+    [
+        ("/front/image_raw", "front"),
+        ("camera/image_raw", "camera"),
+        ("/robot/left/image_rect_color", "robot_left"),
+        ("/rear/image_raw/compressed", "rear"),
+        ("image", "image"),
+        ("/cam0", "cam0"),
+    ],
+)
+def test_camera_names_derived_from_topics(topic, name):
+    assert derive_camera_name(topic) == name
+
+
+def test_compressed_transport_subscribes_to_the_compressed_subtopic():
+    assert subscription_topic("camera/image_raw", "compressed") == "camera/image_raw/compressed"
+    assert subscription_topic("a/compressed", "compressed") == "a/compressed"
+    assert subscription_topic("camera/image_raw", "raw") == "camera/image_raw"
+
+
+def test_camera_specs_one_per_topic():
+    cameras = camera_specs(
+        with_values(
+            camera_topics=["/front/image_raw", "/rear/image_raw"],
+            image_transports=["raw", "compressed"],
+        )
+    )
+    assert [(c.name, c.transport, c.subscription_topic) for c in cameras] == [
+        ("front", "raw", "/front/image_raw"),
+        ("rear", "compressed", "/rear/image_raw/compressed"),
+    ]
+    # One transport for all, names given.
+    cameras = camera_specs(
+        with_values(camera_topics=["a", "b"], camera_names=["left", "right"],
+                    image_transports=["compressed"])
+    )
+    assert [(c.name, c.transport) for c in cameras] == [
+        ("left", "compressed"), ("right", "compressed")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"camera_topics": []}, "camera_topics is empty"),
+        ({"camera_topics": ["a", "a"]}, "lists a topic twice"),
+        ({"camera_topics": ["a", "b"], "camera_names": ["x"]}, "one name per topic"),
+        ({"camera_topics": ["a", "b", "c"], "image_transports": ["raw", "raw"]},
+         "one per topic or a single value"),
+        ({"camera_topics": ["/left/image_raw", "/left/image_raw/compressed"]}, "set camera_names"),
+        ({"camera_names": ["has space"]}, "must be non-empty letters"),
+        ({"image_transports": ["theora"]}, "image_transports must be one of"),
+        ({"fps": 3.0}, "multiple of the model's temporal patch size 2"),
+        ({"fps": 2.5}, "whole number"),
+        ({"fps": 1.0, "period": 1.0}, "multiple of the model's temporal patch size 2"),
+        ({"min_pixels": 700_000}, "min_pixels <= max_pixels"),
+        ({"top_p": 0.0}, "top_p must be in [0.01, 1.0]"),
+        ({"temperature": -0.1}, "temperature must be in"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be in"),
+        ({"fps": 2}, "fps must be a finite double"),
+        ({"fps": float("nan")}, "fps must be a finite double"),
+        ({"default_camera": "left"}, "default_camera 'left' is not a camera"),
+        ({"device": "tpu"}, "device must be auto, cpu, cuda or cuda:N"),
+        ({"dtype": "int8"}, "dtype must be one of"),
+        ({"qos_reliability": "sometimes"}, "qos_reliability must be one of"),
+    ],
+)
+def test_bad_parameter_sets_are_refused_with_a_reason(changes, reason):
+    found = problems(with_values(**changes))
+    assert any(reason in problem for problem in found), found
+
+
+def test_fps_and_period_that_make_whole_video_blocks_are_accepted():
+    assert problems(with_values(fps=1.0, period=2.0)) == []
+    assert problems(with_values(fps=4.0, period=0.5)) == []
+    # A model with another temporal patch size changes the rule.
+    assert problems(with_values(fps=3.0), temporal_patch=1) == []
+
+
+def test_missing_parameters_are_named():
+    values = defaults()
+    del values["fps"]
+    assert problems(values) == ["missing parameters: fps"]
+
+
+def test_stream_config_from_parameters():
+    config = stream_config(
+        with_values(fps=1.0, period=2.0, max_new_tokens=7, text_sink_tokens=3,
+                    text_window_tokens=5, vision_window_seconds=9, temperature=0.0, top_p=0.5,
+                    repetition_penalty=1.2, seed=11, max_question_tokens=40,
+                    max_answer_tokens=6, max_pending_seconds=2)
+    )  # fmt: skip
+    assert (config.fps, config.period, config.max_new_tokens) == (1.0, 2.0, 7)
+    assert (config.cache.text_sink_tokens, config.cache.text_window_tokens,
+            config.cache.vision_window_seconds) == (3, 5, 9)  # fmt: skip
+    assert (config.sampling.temperature, config.sampling.top_p,
+            config.sampling.repetition_penalty, config.sampling.seed) == (0.0, 0.5, 1.2, 11)
+    assert (config.max_question_tokens, config.max_answer_tokens,
+            config.max_pending_seconds) == (40, 6, 2)  # fmt: skip
+    # Empty prompts mean the built-in ones.
+    assert config.system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert config.instruction == DEFAULT_INSTRUCTION
+    custom = stream_config(with_values(system_prompt="S.", instruction="I."))
+    assert (custom.system_prompt, custom.instruction) == ("S.", "I.")
+
+
+def test_model_device_auto_resolves_to_what_torch_sees():
+    import torch
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert narrator_params.model_device("auto") == expected
+    assert narrator_params.model_device("cpu") == "cpu"
+
+
+def test_shipped_yaml_lists_every_parameter_with_its_default():
+    data = yaml.safe_load((SOURCE / "config" / "narrator.yaml").read_text())
+    values = data["/**"]["ros__parameters"]
+    assert values.pop("use_sim_time") is False
+    assert values == defaults()
+
+
+def test_readme_table_is_the_parameter_table():
+    readme = (SOURCE / "README.md").read_text()
+    assert parameter_table() in readme, (
+        "README's parameter table is out of date; paste narrator_params.parameter_table()"
+    )
