@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "device": str(loaded.device) + (
                 f" ({torch.cuda.get_device_name(loaded.device)})"
-                if loaded.device.type == "cuda" else f" ({os.cpu_count()} CPU threads)"),
+                if loaded.device.type == "cuda"
+                else f" ({torch.get_num_threads()} torch threads, {os.cpu_count()} cores)"),
             "model": Path(args.model).name if args.model else "tiny (svlm-make-tiny)",
             "stream_seconds": args.stream_seconds,
             "policies": {},
