@@ -29,6 +29,7 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.task import Future
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -287,13 +288,21 @@ class NarratorHarness:
         self.feeds.append(feed)
         return feed
 
-    def start_feeds(self, rate: float = 30.0) -> None:
-        """Publish every feed's frame at ``rate`` Hz from a background thread."""
+    def start_feeds(self, rate: float = 30.0, clock: Callable[[], float] | None = None) -> None:
+        """Publish every feed's frame at ``rate`` Hz from a background thread; with ``clock``,
+        also publish ``/clock`` (simulated time, seconds) at the same rate."""
+        clock_publisher = (
+            self.node.create_publisher(Clock, "/clock", QoSProfile(depth=10))
+            if clock is not None
+            else None
+        )
 
         def run() -> None:
             started = time.monotonic()
             ticks = 0
             while not self._stop.is_set():
+                if clock_publisher is not None:
+                    clock_publisher.publish(Clock(clock=to_stamp(clock())))
                 for feed in self.feeds:
                     feed.tick()
                 ticks += 1

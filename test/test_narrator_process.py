@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from narrator_harness import NarratorHarness
+from narrator_harness import NarratorHarness, from_stamp
 from rcl_interfaces.srv import GetParameters
 from ros_helpers import call_service, installed_share, spin_until, wait_for_service
 
@@ -112,9 +112,11 @@ def test_integer_for_a_decimal_parameter_is_explained(spawn_node):
     assert "2.0 rather than 2" in narrator.output()
 
 
-def test_lifecycle_by_hand_then_sigterm_within_5_s(spawn_node, tiny_model_path):
+def test_lifecycle_by_hand_sim_time_then_sigterm_within_5_s(spawn_node, tiny_model_path):
     # autostart false: the node waits unconfigured until a lifecycle manager (here the test)
     # configures and activates it; then it narrates, and SIGTERM ends it cleanly.
+    # use_sim_time: the camera stamps frames in simulated time (from 1000 s) and /clock runs
+    # 100 s ahead of the camera, so the node clock (latency, status stamps) must be /clock.
     narrator = spawn_node(
         "svlm_ros",
         "narrator",
@@ -125,6 +127,7 @@ def test_lifecycle_by_hand_then_sigterm_within_5_s(spawn_node, tiny_model_path):
             "-p", "max_new_tokens:=2",
             "-p", "max_pixels:=100352",
             "-p", "torch_threads:=1",
+            "-p", "use_sim_time:=true",
         ),  # fmt: skip
     )
     harness = NarratorHarness("/svlm", node_name="lifecycle_manager")
@@ -135,8 +138,9 @@ def test_lifecycle_by_hand_then_sigterm_within_5_s(spawn_node, tiny_model_path):
         refused = harness.ask("Anything?")
         assert not refused.success and "model not loaded" in refused.message
 
-        harness.add_feed("camera/image_raw", "camera_frame")
-        harness.start_feeds(rate=30.0)
+        camera = harness.add_feed("camera/image_raw", "camera_frame",
+                                  clock_offset=1000.0 - time.time())
+        harness.start_feeds(rate=30.0, clock=lambda: camera.now() + 100.0)
         assert harness.call(
             harness.client(ChangeState, "narrator/change_state"),
             ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)),
@@ -144,8 +148,15 @@ def test_lifecycle_by_hand_then_sigterm_within_5_s(spawn_node, tiny_model_path):
         ).success, narrator.describe()
         assert harness.lifecycle_state() == "inactive"
         assert harness.lifecycle(Transition.TRANSITION_ACTIVATE)
-        found = harness.wait_narrations("camera", 1, 60.0)
-        assert found[0].header.frame_id == "camera_frame"
+        found = harness.wait_narrations("camera", 2, 60.0)
+        narration = found[-1]
+        assert narration.header.frame_id == "camera_frame"
+        assert 1000.0 < from_stamp(narration.header.stamp) < 1200.0  # the camera's clock
+        assert 99.0 < narration.latency < 110.0, narration.latency  # measured on /clock
+        status = harness.wait_for(
+            lambda: (s := harness.latest_status()) and s.state == "active" and s, 10.0, "status"
+        )
+        assert 1090.0 < from_stamp(status.header.stamp) < 1300.0
 
         started = time.monotonic()
         assert narrator.stop(timeout=5.0, sig=signal.SIGTERM) == 0, narrator.describe()
