@@ -49,7 +49,15 @@ class PromptFormat:
     instruction: str = DEFAULT_INSTRUCTION
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of format text, whose special-token strings (``<|im_start|>``...) count."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of user-supplied text (prompts, questions): a ``<|im_end|>`` typed by a
+        user stays characters and cannot end a turn or open a fake video block."""
+        return list(
+            self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        )
 
     def token_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -74,8 +82,11 @@ class PromptFormat:
 
     def sink_ids(self) -> list[int]:
         """System prompt and the opening of the first user turn with the instruction."""
-        return self.encode(
-            f"{IM_START}system\n{self.system_prompt}{IM_END}\n{IM_START}user\n{self.instruction}\n"
+        return (
+            self.encode(f"{IM_START}system\n")
+            + self.encode_plain(self.system_prompt)
+            + self.encode(f"{IM_END}\n{IM_START}user\n")
+            + self.encode_plain(f"{self.instruction}\n")
         )
 
     def round_prompt_ids(
@@ -99,7 +110,11 @@ class PromptFormat:
 
     def question_ids(self, question: str) -> list[int]:
         """A user question as its own turn, followed by the assistant header."""
-        return self.encode(f"{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n")
+        return (
+            self.encode(f"{IM_START}user\n")
+            + self.encode_plain(question)
+            + self.encode(f"{IM_END}\n{IM_START}assistant\n")
+        )
 
     def framing_tokens(self) -> int:
         """Tokens of a round prompt besides time text and video pads."""
