@@ -31,6 +31,7 @@ setup(
         "transformers",
         "tokenizers",
         "numpy",
+        "opencv-python-headless<5",  # frame resizing in the engine, image decoding in the node
         "pyyaml",
         "pillow",
         "tqdm",
@@ -38,7 +39,7 @@ setup(
     ],
     extras_require={
         "train": ["rosbags"],
-        "ros": ["cv-bridge", "opencv-python-headless<5"],
+        "ros": ["cv-bridge"],
         "test": ["pytest", "pytest-timeout", "ruff"],
     },
     entry_points={

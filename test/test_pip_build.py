@@ -1,0 +1,45 @@
+"""The pip world: ``setup.py`` builds a wheel whose engine works without ROS on the path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+ENGINE_CHECK = """
+import sys
+import svlm_ros.streaming_session, svlm_ros.benchmark, svlm_ros.tiny_model
+assert svlm_ros.__file__.startswith(sys.argv[1]), svlm_ros.__file__
+assert "rclpy" not in sys.modules, "the engine must not import rclpy"
+print("engine ok")
+"""
+
+
+def test_wheel_installs_the_engine_and_its_commands_without_ros(tmp_path):
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         str(REPO), "-w", str(wheels)],
+        check=True, cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("svlm_ros-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+         str(target), str(wheel)],
+        check=True, cwd=tmp_path,
+    )
+    # No ROS environment at all: only the installed wheel (and the venv's torch etc.).
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AMENT", "COLCON", "ROS", "CMAKE", "PYTHONPATH"))}
+    env["PYTHONPATH"] = str(target)
+    check = subprocess.run([sys.executable, "-c", ENGINE_CHECK, str(target)], env=env,
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert "engine ok" in check.stdout
+    tiny = subprocess.run([str(target / "bin" / "svlm-make-tiny"), str(tmp_path / "tiny")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert tiny.returncode == 0, tiny.stderr
+    assert (tmp_path / "tiny" / "model.safetensors").is_file()
