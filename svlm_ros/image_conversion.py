@@ -57,6 +57,7 @@ from __future__ import annotations
 import array
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -200,6 +201,25 @@ def raw_image_to_rgb(
     pixels = rows if channels == 1 else rows.reshape(height, width, channels)
     assert spec.cv2_code is not None
     return _cvt(pixels, spec.cv2_code, target)
+
+
+def image_message_to_rgb(
+    message: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``raw_image_to_rgb`` on the fields of a ``sensor_msgs/Image`` (or anything with them).
+
+    Duck-typed, so this module still needs no ROS import.
+    """
+    return raw_image_to_rgb(
+        encoding=message.encoding,
+        width=message.width,
+        height=message.height,
+        step=message.step,
+        is_bigendian=bool(message.is_bigendian),
+        data=message.data,
+        max_pixels=max_pixels,
+        out=out,
+    )
 
 
 def compressed_image_to_rgb(

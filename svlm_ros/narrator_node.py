@@ -51,7 +51,7 @@ from std_msgs.msg import String
 
 from svlm_ros import narrator_params
 from svlm_ros.fair_lock import FairLock
-from svlm_ros.image_conversion import compressed_image_to_rgb, raw_image_to_rgb
+from svlm_ros.image_conversion import compressed_image_to_rgb, image_message_to_rgb
 from svlm_ros.model_loading import LoadedModel, load_model
 from svlm_ros.msg import Answer as AnswerMessage
 from svlm_ros.msg import CameraStatus, Narration, NarratorStatus
@@ -392,15 +392,7 @@ class NarratorNode(LifecycleNode):
         self._offer_frame(
             camera,
             message,
-            lambda: raw_image_to_rgb(
-                encoding=message.encoding,
-                width=message.width,
-                height=message.height,
-                step=message.step,
-                is_bigendian=bool(message.is_bigendian),
-                data=message.data,
-                max_pixels=self._values["max_input_pixels"],
-            ),
+            lambda: image_message_to_rgb(message, max_pixels=self._values["max_input_pixels"]),
         )
 
     def _on_compressed_image(self, camera: CameraStream, message: CompressedImage) -> None:

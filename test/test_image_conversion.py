@@ -24,6 +24,7 @@ from svlm_ros.image_conversion import (
     SUPPORTED_ENCODINGS,
     ImageRejected,
     compressed_image_to_rgb,
+    image_message_to_rgb,
     raw_image_to_rgb,
 )
 
@@ -659,14 +660,7 @@ def make_image_message(encoding: str, rows: np.ndarray, is_bigendian: bool = Fal
 
 def convert_message(message: object) -> np.ndarray:
     """The node's call: pass the message fields straight through."""
-    return raw_image_to_rgb(
-        encoding=message.encoding,
-        width=message.width,
-        height=message.height,
-        step=message.step,
-        is_bigendian=bool(message.is_bigendian),
-        data=message.data,
-    )
+    return image_message_to_rgb(message)
 
 
 def test_message_data_is_array_array() -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from svlm_ros.image_conversion import (
     SUPPORTED_ENCODINGS,
     compressed_image_to_rgb,
-    raw_image_to_rgb,
+    image_message_to_rgb,
 )
 
 RGB8_STORE_TARGET_US = 1000.0
@@ -124,15 +124,7 @@ def make_compressed_message(format_string: str, data: bytes) -> object:
 
 def convert_message(message: object, out: np.ndarray | None = None) -> np.ndarray:
     """What a node callback does with a raw image message."""
-    return raw_image_to_rgb(
-        encoding=message.encoding,
-        width=message.width,
-        height=message.height,
-        step=message.step,
-        is_bigendian=bool(message.is_bigendian),
-        data=message.data,
-        out=out,
-    )
+    return image_message_to_rgb(message, out=out)
 
 
 def run(width: int, height: int, iterations: int, use_cv_bridge: bool) -> dict[str, Timing]:
