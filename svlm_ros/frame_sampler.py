@@ -7,7 +7,11 @@ narrate their own time.
 
 Documented recoveries:
   * a stamp earlier than the newest accepted one is rejected (``FrameRejected``); the stream
-    goes on with the next frame that moves forward;
+    goes on with the next frame that moves forward. But ``CLOCK_JUMP_FRAMES`` backward frames
+    in a row (their stamps moving forward among themselves) mean the clock itself went back
+    (a driver restart, a looping bag, a simulation reset): the stream restarts from that
+    frame, and ``epoch`` counts up so the session clears its memory before the next round;
+  * a stamp ``MAX_STREAM_SECONDS`` or more after the stream began is rejected as a bad clock;
   * a stall (no frames for seconds or minutes) produces no rounds; when frames return, the
     next round carries the true stream time, and the missing seconds are counted as ``gaps``;
   * a second that got fewer than ``frames_per_round`` frames (a slow camera) repeats its last
@@ -25,6 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: Longest supported stream (115 days); the cache bound reserves time-text room for it.
+MAX_STREAM_SECONDS = 10_000_000
+#: Backward-stamped frames in a row that are taken as the camera clock restarting.
+CLOCK_JUMP_FRAMES = 15
+
 
 class FrameRejected(ValueError):
     """A frame that cannot enter the stream; the message says why."""
@@ -36,6 +45,7 @@ class SecondOfFrames:
 
     Attributes:
         index: Period number since the stream began (0 for the first).
+        epoch: Which stream (the sampler's ``epoch``) the period belongs to.
         start: Stream time (s) at the start of the period.
         end: Stream time (s) at its end.
         end_stamp: Camera-clock stamp (s) of the end of the period.
@@ -44,6 +54,7 @@ class SecondOfFrames:
     """
 
     index: int
+    epoch: int
     start: float
     end: float
     end_stamp: float
@@ -86,16 +97,23 @@ class FrameSampler:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the stream: the next frame starts stream time at 0."""
-        with getattr(self, "_lock", threading.Lock()):
-            self.origin: float | None = None
-            self.last_stamp: float | None = None
-            self._current: SecondOfFrames | None = None
-            self._slots: list[np.ndarray | None] = []
-            self._ready: deque[SecondOfFrames] = deque()
+        """Forget the stream and the counters: the next frame starts stream time at 0."""
+        with self._lock:
+            self.epoch = 0
+            self.restarts = 0
             self.gap_seconds = 0
             self.dropped_unconsumed = 0
             self.sampled_frames = 0
+            self._start_stream()
+
+    def _start_stream(self) -> None:
+        self.origin: float | None = None
+        self.last_stamp: float | None = None
+        self._current: SecondOfFrames | None = None
+        self._slots: list[np.ndarray | None] = []
+        self._ready: deque[SecondOfFrames] = deque()
+        self._backward_run = 0
+        self._backward_last: float | None = None
 
     def add(self, image: np.ndarray, stamp: float) -> bool:
         """Offer one frame. Returns True if it was sampled into the stream.
@@ -108,9 +126,13 @@ class FrameSampler:
             raise FrameRejected(f"frame stamp is not finite: {stamp}")
         with self._lock:
             if self.last_stamp is not None and stamp < self.last_stamp:
+                self._reject_or_restart(stamp)
+            else:
+                self._backward_run, self._backward_last = 0, None
+            if self.origin is not None and stamp - self.origin >= MAX_STREAM_SECONDS:
                 raise FrameRejected(
-                    f"stamp went backwards by {self.last_stamp - stamp:.3f} s "
-                    f"({stamp:.3f} < {self.last_stamp:.3f})"
+                    f"stamp {stamp:.3f} is {stamp - self.origin:.0f} s after the stream began, "
+                    f"beyond the supported {MAX_STREAM_SECONDS} s: a bad clock?"
                 )
             if self.origin is None:
                 self.origin = stamp
@@ -129,10 +151,26 @@ class FrameSampler:
             self.sampled_frames += 1
             return True
 
+    def _reject_or_restart(self, stamp: float) -> None:
+        """A backward stamp: reject it, unless enough in a row show the clock went back."""
+        in_order = self._backward_last is not None and stamp >= self._backward_last
+        self._backward_run = self._backward_run + 1 if in_order else 1
+        self._backward_last = stamp
+        if self._backward_run < CLOCK_JUMP_FRAMES:
+            raise FrameRejected(
+                f"stamp went backwards by {self.last_stamp - stamp:.3f} s "
+                f"({stamp:.3f} < {self.last_stamp:.3f}); {CLOCK_JUMP_FRAMES} such frames in a "
+                "row restart the stream"
+            )
+        self._start_stream()
+        self.epoch += 1
+        self.restarts += 1
+
     def _open(self, index: int) -> None:
         start = index * self.period
         self._current = SecondOfFrames(
             index=index,
+            epoch=self.epoch,
             start=start,
             end=start + self.period,
             end_stamp=self.origin + start + self.period,

@@ -18,7 +18,7 @@ import torch
 
 from .cache_policy import CachePolicyConfig, EvictionPlan, StreamingCachePolicy
 from .decoding import SamplingConfig, TokenChooser
-from .frame_sampler import FrameSampler, SecondOfFrames
+from .frame_sampler import MAX_STREAM_SECONDS, FrameSampler, SecondOfFrames
 from .kv_cache import BoundedKVCache
 from .model_loading import LoadedModel
 from .prompt_format import (
@@ -31,10 +31,6 @@ from .prompt_format import (
 )
 from .rotary_shift import rotary_inverse_frequencies
 from .vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
-
-# Stream times up to this many seconds (115 days) are covered by the cache bound; the time
-# text of longer streams would outgrow the tokens reserved for it.
-MAX_STREAM_SECONDS = 10_000_000
 
 
 class QuestionTooLong(ValueError):
@@ -204,8 +200,28 @@ class StreamingSession:
         round_tokens = self._round_tokens(vision_tokens, last_end)
         return StreamingCachePolicy(self.config.cache).bound(len(self._sink_ids), round_tokens)
 
+    def cache_bytes(self) -> int:
+        """Memory the preallocated cache takes: bound x layers x (keys + values)."""
+        text = self.model.config.get_text_config()
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        per_token = text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim
+        return self.bound * per_token * torch.finfo(self.loaded.dtype).bits // 8
+
     def _make_cache(self) -> BoundedKVCache:
         """The one cache of this session, preallocated to the bound."""
+        needed = self.cache_bytes()
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+        else:
+            import psutil
+
+            total = psutil.virtual_memory().total
+        if needed > total:
+            raise ValueError(
+                f"the KV cache for these settings needs {needed / 2**30:.1f} GiB "
+                f"({self.bound} tokens), more than the {total / 2**30:.1f} GiB of {self.device}; "
+                "lower vision_window_seconds, max_pixels, fps * period or the text windows"
+            )
         layers = self.model.config.get_text_config().num_hidden_layers
         return BoundedKVCache(layers, self.bound)
 
@@ -217,13 +233,18 @@ class StreamingSession:
     # ----- stream control ------------------------------------------------------------------
     def reset(self) -> None:
         """Start over: empty cache, stream time back to 0, sampling reseeded."""
+        self.sampler.reset()
+        self.rounds_run = 0
+        self._clear_memory(self.sampler.epoch)
+
+    def _clear_memory(self, epoch: int) -> None:
+        """Empty the cache and the policy; the next round starts with the sink again."""
         self.cache.reset()
         self.policy = StreamingCachePolicy(self.config.cache)
-        self.sampler.reset()
         self.chooser.reseed()
-        self.rounds_run = 0
         self.last_round_logits = []
         self.last_eviction: EvictionPlan | None = None
+        self._memory_epoch = epoch
 
     def add_frame(self, image: np.ndarray, stamp: float) -> bool:
         """Offer a camera frame (RGB uint8 ``(H, W, 3)``) with its stamp in seconds.
@@ -323,15 +344,26 @@ class StreamingSession:
     def run_round(self, second: SecondOfFrames) -> RoundResult:
         """Narrate one period: evict, prefill its time text and video, generate, close the turn."""
         t0 = time.perf_counter()
+        if second.epoch != self._memory_epoch:
+            # The camera clock went back and the sampler restarted the stream: what the cache
+            # holds belongs to the old timeline.
+            self._clear_memory(second.epoch)
         video = self.vision.prepare(second.frames)
         first = self.policy.length == 0
         prompt_ids = self.format.round_prompt_ids(
             second.start, second.end, video.tokens, first=first
         )
         t1 = time.perf_counter()
-        plan = self.policy.plan_eviction(self.policy.rounds_to_evict(1))
-        self.last_eviction = plan
-        self._apply_eviction(plan)
+        try:
+            plan = self.policy.plan_eviction(self.policy.rounds_to_evict(1))
+            self.last_eviction = plan
+            self._apply_eviction(plan)
+        except BaseException:
+            # Compaction rewrites layer after layer; one failing midway (e.g. out of memory)
+            # would leave layers disagreeing with each other and with the policy. Start the
+            # memory over rather than narrate from a corrupted cache.
+            self._clear_memory(self._memory_epoch)
+            raise
         t2 = time.perf_counter()
         if first:
             # The sink and the first round go through the model in one forward pass.

@@ -21,7 +21,12 @@ PATCH_FACTOR = 28
 def fit_frame_size(
     height: int, width: int, max_pixels: int, min_pixels: int, factor: int = PATCH_FACTOR
 ) -> tuple[int, int]:
-    """Target ``(height, width)``: multiples of ``factor``, area in ``[min_pixels, max_pixels]``."""
+    """Target ``(height, width)``: multiples of ``factor``, aspect ratio about kept.
+
+    The area never exceeds ``max_pixels`` (the cache bound counts on it); it reaches
+    ``min_pixels`` where the grid of ``factor`` multiples allows (not always when the two
+    limits are close together).
+    """
     if height <= 0 or width <= 0:
         raise ValueError(f"frame size must be positive, got {height}x{width}")
     if max(height, width) / min(height, width) > 200:
@@ -36,6 +41,13 @@ def fit_frame_size(
         scale = math.sqrt(min_pixels / (height * width))
         new_h = math.ceil(height * scale / factor) * factor
         new_w = math.ceil(width * scale / factor) * factor
+    # Very thin frames: a side clamped up to one patch can push the area over the budget;
+    # shorten the long side until it fits (one patch by one patch always does).
+    if new_h * new_w > max_pixels:
+        if new_h >= new_w:
+            new_h = max(factor, (max_pixels // new_w) // factor * factor)
+        else:
+            new_w = max(factor, (max_pixels // new_h) // factor * factor)
     return new_h, new_w
 
 

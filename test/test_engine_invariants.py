@@ -204,6 +204,50 @@ def test_a_failed_round_leaves_no_trace(two_layer, monkeypatch):
     assert [r.start for r in stream(session, camera, 3.0)] == [4.0, 5.0]
 
 
+def test_a_failed_eviction_clears_the_memory_instead_of_corrupting_it(two_layer, monkeypatch):
+    session = StreamingSession(two_layer, small_config(window=2))
+    camera = SyntheticCamera(seed=6)
+    stream(session, camera, 3.5)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("simulated out of memory during compaction")
+
+    # The second layer fails after the first one was compacted.
+    with monkeypatch.context() as patch:
+        patch.setattr(session.cache.layers[1], "compact", fails)
+        with pytest.raises(RuntimeError, match="compaction"):
+            stream(session, camera, 1.0)
+    assert session.cache_tokens == 0 and session.policy.length == 0
+    results = stream(session, camera, 2.0)
+    assert results and results[0].cache_tokens == session.policy.length
+    assert session.policy.sink_tokens == len(session.format.sink_ids())
+
+
+def test_clock_going_back_restarts_the_stream_memory(two_layer):
+    session = StreamingSession(two_layer, small_config(window=2))
+    stream(session, SyntheticCamera(seed=6, start_stamp=900.0), 4.5)
+    held = session.cache_tokens
+    results = []
+    for image, stamp in SyntheticCamera(seed=7, start_stamp=10.0).frames(3.0):
+        try:
+            session.add_frame(image, stamp)
+        except FrameRejected:
+            continue
+        result, _ = session.run_pending()
+        if result is not None:
+            results.append(result)
+    assert session.sampler.restarts == 1
+    assert [r.start for r in results] == [0.0, 1.0]  # a new timeline
+    assert results[0].cache_tokens < held  # the old one's memory is gone
+    text = session.format.tokenizer.decode(session.policy.token_ids)
+    assert "Time=0.0-1.0s" in text and "Time=3.0-4.0s" not in text
+
+
+def test_settings_whose_cache_cannot_fit_are_refused(two_layer):
+    with pytest.raises(ValueError, match="GiB"):
+        StreamingSession(two_layer, small_config(window=10**9))
+
+
 def test_model_loading_refuses_with_reasons(tmp_path, two_layer):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="'llama'"):

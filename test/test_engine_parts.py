@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from svlm_ros import benchmark
 from svlm_ros.decoding import SamplingConfig, TokenChooser
-from svlm_ros.frame_sampler import FrameSampler
+from svlm_ros.frame_sampler import CLOCK_JUMP_FRAMES, FrameRejected, FrameSampler
 from svlm_ros.prompt_format import PromptFormat, clean_narration, time_text
 from svlm_ros.tiny_model import main as make_tiny_main
 from svlm_ros.tiny_model import make_tiny_checkpoint
@@ -46,6 +46,32 @@ def test_sampler_pads_a_slow_camera_and_skips_to_latest():
     assert newest.index == 4 and skipped == 3 and sampler.pending == 0
 
 
+def test_sampler_restarts_when_the_clock_goes_back_for_good():
+    sampler = FrameSampler(max_pending=100)
+    feed(sampler, 500.0, 3.0, 30.0)
+    with pytest.raises(FrameRejected, match="backwards"):
+        sampler.add(FRAME, 10.0)  # one stray old frame: rejected, the stream goes on
+    assert sampler.epoch == 0
+    sampler.add(FRAME, 503.0)
+    # The clock restarts (a looping bag): CLOCK_JUMP_FRAMES backward frames in a row.
+    for i in range(CLOCK_JUMP_FRAMES - 1):
+        with pytest.raises(FrameRejected, match="backwards"):
+            sampler.add(FRAME, 20.0 + i / 30)
+    assert sampler.add(FRAME, 21.0) and sampler.epoch == 1 and sampler.restarts == 1
+    assert sampler.pending == 0 and sampler.origin == 21.0
+    feed(sampler, 21.0 + 1 / 30, 1.5, 30.0)
+    second, _ = sampler.pop_ready()
+    assert (second.epoch, second.start) == (1, 0.0)
+
+
+def test_sampler_refuses_a_stamp_far_beyond_the_supported_stream():
+    sampler = FrameSampler()
+    sampler.add(FRAME, 100.0)
+    with pytest.raises(FrameRejected, match="bad clock"):
+        sampler.add(FRAME, 2.0**31)
+    assert sampler.add(FRAME, 101.0) is not None  # nothing changed
+
+
 def test_sampler_drops_unconsumed_seconds_beyond_max_pending():
     sampler = FrameSampler(max_pending=3)
     feed(sampler, 0.0, 20.0, 30.0)
@@ -67,6 +93,18 @@ def test_fit_frame_size_keeps_within_the_pixel_budget(size, expected):
     height, width = fit_frame_size(*size, max_pixels=602112, min_pixels=78400)
     assert (height, width) == expected
     assert height % 28 == 0 and width % 28 == 0 and 78400 <= height * width <= 602112
+
+
+def test_fit_frame_size_never_exceeds_max_pixels_even_for_thin_frames():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        height, width = (int(v) for v in rng.integers(1, 6000, 2))
+        if max(height, width) / min(height, width) > 200:
+            continue
+        max_pixels = int(rng.integers(28 * 28, 700_000))
+        new_h, new_w = fit_frame_size(height, width, max_pixels, 28 * 28)
+        assert new_h * new_w <= max_pixels and new_h % 28 == 0 and new_w % 28 == 0
+    assert fit_frame_size(28, 5600, 3136, 784) == (28, 112)
 
 
 def test_prompt_helpers():
