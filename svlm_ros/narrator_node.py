@@ -58,7 +58,12 @@ from svlm_ros.msg import CameraStatus, Narration, NarratorStatus
 from svlm_ros.narrator_params import CameraSpec
 from svlm_ros.srv import Ask
 from svlm_ros.stream_stats import CameraSnapshot, CameraStats
-from svlm_ros.streaming_session import RoundResult, StreamConfig, StreamingSession
+from svlm_ros.streaming_session import (
+    GenerationInterrupted,
+    RoundResult,
+    StreamConfig,
+    StreamingSession,
+)
 from svlm_ros.vision_input import fit_frame_size
 
 try:  # /diagnostics is optional: diagnostic_msgs is not part of every minimal install
@@ -351,6 +356,12 @@ class NarratorNode(LifecycleNode):
     def _stop_worker(self) -> None:
         self._stop.set()
         self._wake.set()
+        # A round or an answer in progress stops at its next token, so stopping takes at
+        # most one decoding step instead of up to max_answer_tokens of them.
+        for camera in self._cameras:
+            session = camera.session
+            if session is not None:
+                session.interrupt()
         worker, self._worker = self._worker, None
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=10.0)
@@ -421,7 +432,8 @@ class NarratorNode(LifecycleNode):
                 fit_frame_size(*size, session.config.max_pixels, session.config.min_pixels)
                 camera.checked_size = size
             sampled = session.add_frame(rgb, stamp_to_seconds(message.header.stamp))
-        except (ValueError, TypeError) as error:  # ImageRejected, FrameRejected, bad sizes
+        except Exception as error:  # noqa: BLE001 - ImageRejected, FrameRejected, anything:
+            # one bad message is counted and dropped, it never ends the node
             camera.stats.record_rejection(str(error))
             self.get_logger().warning(
                 f"camera {camera.spec.name}: frame rejected: {error}", throttle_duration_sec=5.0
@@ -557,6 +569,8 @@ class NarratorNode(LifecycleNode):
                     answer = session.ask(question)
                 except ValueError as error:  # empty, too long, nothing narrated yet
                     raise AskRefused(f"camera {camera.spec.name}: {error}") from error
+                except GenerationInterrupted as error:
+                    raise AskRefused("the narrator is stopping; ask again later") from error
         except AskRefused as refusal:
             return self._refuse(response, str(refusal), started)
         except Exception as error:  # noqa: BLE001 - an ask must always get a response

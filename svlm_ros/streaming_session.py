@@ -10,6 +10,7 @@ caller (the node holds one lock per session). ``add_frame`` may be called from a
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +32,10 @@ from .prompt_format import (
 )
 from .rotary_shift import rotary_inverse_frequencies
 from .vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
+
+
+class GenerationInterrupted(RuntimeError):
+    """``interrupt()`` was called while a round or an answer was being generated."""
 
 
 class QuestionTooLong(ValueError):
@@ -155,6 +160,7 @@ class StreamingSession:
         self.cache = self._make_cache()
         self.record_logits = record_logits
         self.last_round_logits: list[torch.Tensor] = []
+        self._interrupt = threading.Event()
         banned = self.format.never_generated_ids()
         self.chooser = TokenChooser(cfg.sampling, self.device, banned)
         # Answers are greedy: a question should get the same answer from the same memory.
@@ -254,6 +260,14 @@ class StreamingSession:
         """
         return self.sampler.add(image, stamp)
 
+    def interrupt(self) -> None:
+        """Make a round or answer in progress stop at its next token (from any thread).
+
+        The interrupted call raises ``GenerationInterrupted`` and leaves the stream as it was
+        before it (the usual rollback). Used to bound shutdown time while an answer decodes.
+        """
+        self._interrupt.set()
+
     def run_pending(self, latest_only: bool = False) -> tuple[RoundResult | None, int]:
         """Run one round on the next completed period, if any.
 
@@ -315,6 +329,8 @@ class StreamingSession:
         eos = self.format.end_of_turn_id
         context = self.policy.token_ids
         while True:
+            if self._interrupt.is_set():
+                raise GenerationInterrupted("generation interrupted")
             token = chooser.choose(logits, torch.cat([context, torch.tensor(generated,
                                                                              dtype=torch.long)]))
             if token == eos:
@@ -344,6 +360,7 @@ class StreamingSession:
     def run_round(self, second: SecondOfFrames) -> RoundResult:
         """Narrate one period: evict, prefill its time text and video, generate, close the turn."""
         t0 = time.perf_counter()
+        self._interrupt.clear()
         if second.epoch != self._memory_epoch:
             # The camera clock went back and the sampler restarted the stream: what the cache
             # holds belongs to the old timeline.
@@ -440,6 +457,7 @@ class StreamingSession:
         budget = min(max_new_tokens or self.config.max_answer_tokens,
                      self.config.max_answer_tokens)
         t0 = time.perf_counter()
+        self._interrupt.clear()
         length = self.cache.length
         record, self.record_logits = self.record_logits, False
         try:

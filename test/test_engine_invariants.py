@@ -12,7 +12,7 @@ from engine_helpers import SyntheticCamera, make_loaded, small_config, stream
 from svlm_ros.decoding import SamplingConfig
 from svlm_ros.frame_sampler import FrameRejected
 from svlm_ros.model_loading import load_model
-from svlm_ros.streaming_session import QuestionTooLong, StreamingSession
+from svlm_ros.streaming_session import GenerationInterrupted, QuestionTooLong, StreamingSession
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +241,26 @@ def test_clock_going_back_restarts_the_stream_memory(two_layer):
     assert results[0].cache_tokens < held  # the old one's memory is gone
     text = session.format.tokenizer.decode(session.policy.token_ids)
     assert "Time=0.0-1.0s" in text and "Time=3.0-4.0s" not in text
+
+
+def test_interrupt_stops_an_answer_and_leaves_the_stream_intact(two_layer, monkeypatch):
+    session = StreamingSession(two_layer, small_config(max_answer_tokens=50))
+    stream(session, SyntheticCamera(seed=2), 2.5)
+    before = snapshot(session)
+    real_choose, chosen = session.answer_chooser.choose, []
+
+    def choose_then_interrupt(logits, context):
+        chosen.append(1)
+        if len(chosen) == 3:
+            session.interrupt()  # as the node does from its shutdown path
+        return real_choose(logits, context)
+
+    monkeypatch.setattr(session.answer_chooser, "choose", choose_then_interrupt)
+    with pytest.raises(GenerationInterrupted):
+        session.ask("what is there?")
+    assert len(chosen) == 3  # stopped at the next token, not after 50
+    assert_same_snapshot(before, snapshot(session))
+    assert session.ask("and now?").answer_tokens >= 0  # the next call is not interrupted
 
 
 def test_settings_whose_cache_cannot_fit_are_refused(two_layer):
