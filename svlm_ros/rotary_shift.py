@@ -6,8 +6,9 @@ the cached keys once more, by the position shift (new minus old position). Rotat
 so the result equals keys rotated at the new position from the start. The alternative, caching
 keys before rotation and rotating the whole cache at every forward pass, would mean patching the
 attention module of every model (the reference code pins transformers internals to do so) and
-rotating ~14k cached keys per layer for every generated token. Rotating by the shift touches
-only the tokens that actually moved, once per eviction (once per second), and works with any
+rotating ~14k cached keys per layer for every generated token. Rotating by the shift rewrites
+the cache from the first token that moved (the sink, and the text sink once full, are never
+touched) once per eviction, i.e. once per second instead of once per token, and works with any
 attention kernel (sdpa, eager, flash-attn) through the model's unmodified forward.
 
 The cost of the choice is rounding: each re-rotation in bfloat16 rounds the key once more.

@@ -7,9 +7,10 @@ The image callback, the worker thread and the status timer of the node touch the
 Counter meanings (README's status table says the same):
 
 * frames: ``received`` = every message that arrived; of those ``rejected`` could not enter the
-  stream (bad image, stamp going backwards, node inactive), ``sampled`` entered it, and
-  ``dropped`` = received - rejected - sampled were valid but not needed (the model takes
-  ``fps`` frames per second of stream; a 30 Hz camera at fps 2 drops 28 of every 30);
+  stream (bad image, stamp going backwards), ``sampled`` entered it, and ``dropped`` =
+  received - rejected - sampled were valid but not needed (the model takes ``fps`` frames per
+  second of stream; a 30 Hz camera at fps 2 drops 28 of every 30) or arrived while the node
+  was inactive;
 * seconds: ``narrated`` rounds ran (``silent`` of them said nothing new); ``skipped`` completed
   seconds were passed over by the worker to stay current; ``overflowed`` were dropped from a
   full queue before the worker came; ``gap`` seconds had no frames at all (camera stalls);
