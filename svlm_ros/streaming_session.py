@@ -301,7 +301,8 @@ class StreamingSession:
             logits_to_keep=1,
             **kwargs,
         )
-        self.policy.append(input_ids[0], positions)
+        # Bookkeeping from the host-side list: no copy back from the device.
+        self.policy.append(torch.tensor(ids, dtype=torch.long), positions)
         return output.logits[0, -1]
 
     def _chunk_positions(self, ids: list[int], video: VideoBlock, start: int) -> torch.Tensor:
