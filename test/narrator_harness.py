@@ -27,7 +27,7 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
@@ -111,11 +111,22 @@ class CameraFeed:
         self.rate = rate
         self.clock_offset = clock_offset
         self.frame = synthetic_frame(height, width, seed)
+        # Bursts use small frames: dozens of 900 kB best-effort messages within a second are
+        # partly lost between processes, which would test the transport, not the narrator.
+        self.burst_frame = synthetic_frame(48, 64, seed)
         self.jpeg = cv2.imencode(".jpg", self.frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])[
             1
         ].tobytes()
+        # Sensor-data QoS (best effort), but a deep writer history: a burst published faster
+        # than the middleware sends it would otherwise overwrite itself before leaving.
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=64,
+            reliability=ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.VOLATILE,
+        )
         self.publisher = node.create_publisher(
-            CompressedImage if compressed else Image, topic, qos_profile_sensor_data
+            CompressedImage if compressed else Image, topic, qos
         )
         self.lock = threading.Lock()
         self.published = 0
@@ -159,7 +170,10 @@ class CameraFeed:
             start = max(self.now(), self.last_stamp + 1e-3)
             for index in range(count):
                 stamp = start + index * spacing
-                self.publisher.publish(self.frame_message(stamp))
+                if self.compressed:
+                    self.publisher.publish(self.frame_message(stamp))
+                else:
+                    self.publisher.publish(raw_image(self.burst_frame, stamp, self.frame_id))
                 self.last_stamp = stamp
                 self.published += 1
                 time.sleep(interval)  # pacing the publisher, not waiting for anything

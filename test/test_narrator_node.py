@@ -64,6 +64,10 @@ def narrator(tiny_model_path, tmp_path_factory):
             "-p", "torch_threads:=1",
             # Status four times a second: the tests wait on counters in it.
             "-p", "status_period:=0.25",
+            # Room for bursts: on this busy 2-core machine the node's Python executor takes
+            # frames slower than a burst arrives; with sensor-data depth 5 most of a burst
+            # would be overwritten before its callback runs (up to 60 % of a 30 Hz feed here).
+            "-p", "qos_depth:=50",
         ],  # fmt: skip
         log_path=log_path,
         env={**os.environ, "ROS_HOME": str(ros_home), "PYTHONUNBUFFERED": "1"},
