@@ -40,6 +40,7 @@ from typing import Any
 import rclpy
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import SetParametersResult
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -757,7 +758,14 @@ def main(args: list[str] | None = None) -> int:
         executor.add_node(node)
         if node.autostart:
             node.start()
-        executor.spin()
+        try:
+            executor.spin()
+        except RCLError:
+            # A signal shuts the context down between two iterations of spin; the next wait
+            # set then fails with "context is not valid" instead of ExternalShutdownException.
+            # That is a normal shutdown; with the context still valid it is a real error.
+            if rclpy.ok():
+                raise
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
