@@ -268,6 +268,18 @@ def test_mono16_extremes() -> None:
     np.testing.assert_array_equal(result[0, :, 0], [0x00, 0x00, 0x01, 0x7F, 0x80, 0xFF, 0xFF, 0x12])
 
 
+def convert_rows(encoding: str, rows: np.ndarray) -> np.ndarray:
+    """Convert a little-endian HEIGHT x WIDTH image given as its packed byte rows."""
+    return raw_image_to_rgb(
+        encoding=encoding,
+        width=WIDTH,
+        height=HEIGHT,
+        step=rows.shape[1],
+        is_bigendian=False,
+        data=rows.tobytes(),
+    )
+
+
 @pytest.mark.parametrize("encoding", YUV_ENCODINGS)
 def test_yuv_independent_samples(encoding: str) -> None:
     """Arbitrary in-range Y/U/V samples against the BT.601 formula, not via an RGB source."""
@@ -278,14 +290,7 @@ def test_yuv_independent_samples(encoding: str) -> None:
     order = "uyvy" if encoding in ("uyvy", "yuv422") else "yuyv"
     rows = pack_yuv422(y, u, v, order)
     expected = yuv_to_rgb_bt601(y, np.repeat(u, 2, axis=1), np.repeat(v, 2, axis=1))
-    result = raw_image_to_rgb(
-        encoding=encoding,
-        width=WIDTH,
-        height=HEIGHT,
-        step=rows.shape[1],
-        is_bigendian=False,
-        data=rows.tobytes(),
-    )
+    result = convert_rows(encoding, rows)
     assert_matches(encoding, result, expected)
 
 
@@ -296,14 +301,7 @@ def test_yuv_recovers_source_colours(encoding: str) -> None:
     # Keep colours inside the BT.601 gamut so nothing clips on the way back.
     source = (16 + source.astype(np.uint16) * 219 // 255).astype(np.uint8)
     _, rows = ENCODERS[encoding](source)
-    result = raw_image_to_rgb(
-        encoding=encoding,
-        width=WIDTH,
-        height=HEIGHT,
-        step=rows.shape[1],
-        is_bigendian=False,
-        data=rows.tobytes(),
-    )
+    result = convert_rows(encoding, rows)
     difference = np.abs(result.astype(np.int16) - source.astype(np.int16))
     assert difference.max() <= 3, f"max difference {difference.max()}"
 
