@@ -16,6 +16,7 @@ Progress goes to stderr; the table to stdout; ``--json FILE`` writes the figures
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -30,6 +31,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .cache_policy import CachePolicyConfig, EvictionPlan
+from .decoding import SamplingConfig
 from .model_loading import load_model
 from .streaming_session import MAX_STREAM_SECONDS, StreamConfig, StreamingSession
 from .vision_input import VideoBlock
@@ -67,7 +69,7 @@ class FullAttentionSession(StreamingSession):
             text_window_tokens=config.cache.text_window_tokens,
             vision_window_seconds=MAX_STREAM_SECONDS,
         )
-        super().__init__(loaded, StreamConfig(**{**config.__dict__, "cache": cache}))
+        super().__init__(loaded, dataclasses.replace(config, cache=cache))
 
     def _make_cache(self):
         return GrowingKVCache(self.model.config.get_text_config().num_hidden_layers)
@@ -251,9 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         config = StreamConfig(
             max_new_tokens=args.max_new_tokens,
             cache=CachePolicyConfig(vision_window_seconds=args.vision_window_seconds),
+            sampling=SamplingConfig(seed=args.seed),
         )
-        config = StreamConfig(**{**config.__dict__,
-                                 "sampling": config.sampling.__class__(seed=args.seed)})
         report = {
             "device": str(loaded.device) + (
                 f" ({torch.cuda.get_device_name(loaded.device)})"
