@@ -44,11 +44,11 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "svlm-make-tiny = svlm_ros.tiny_model:main",
-            "svlm-bench = svlm_ros.benchmark:main",
+            "svlm-make-tiny = svlm_ros.engine.tiny_model:main",
+            "svlm-bench = svlm_ros.engine.benchmark:main",
             # These two need rclpy and the colcon-built interfaces at run time.
-            "narrator = svlm_ros.narrator_node:main",
-            "svlm-ask = svlm_ros.ask_client:main",
+            "narrator = svlm_ros.node.narrator:main",
+            "svlm-ask = svlm_ros.node.ask_client:main",
         ],
     },
 )

@@ -1,42 +1,22 @@
-"""Shared fixtures: private ROS_HOME folders, an rclpy context and node, installed nodes.
+"""Fixtures and options shared by every test folder; nothing here needs ROS.
 
+``test/engine`` (engine, image conversion, pip build) runs on a machine without ROS, e.g. a
+training box; ``test/node`` (rclpy, real DDS, the installed node) has its own conftest.
 Slow tests (marked ``slow``) are deselected unless ``--run-slow`` or a ``-m`` expression
 is given.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-import rclpy
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
-from ros_helpers import NodeProcess, installed_executable, installed_share
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--run-slow", action="store_true", help="also run tests marked slow (tiny-model e2e)"
     )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Raw 640x480 frames (900 KB) between processes are mostly lost with Fast DDS's default
-    # 512 KB shared-memory segment (best effort). The installed profile enlarges the segment
-    # of every participant these tests start, in this process and in the nodes it spawns.
-    # It must be set before the first participant exists, hence here.
-    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
-        try:
-            profile = installed_share("svlm_ros") / "config" / "fastdds_large_images.xml"
-        except (KeyError, LookupError, ValueError):  # package not built: tests will say so
-            return
-        if profile.is_file():
-            os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -48,101 +28,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item.get_closest_marker("slow") is None]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def test_process_ros_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """ROS_HOME (logs) of the pytest process: a temp folder, not the checkout's .ros/."""
-    ros_home = tmp_path_factory.mktemp("ros_home_pytest")
-    previous = os.environ.get("ROS_HOME")
-    os.environ["ROS_HOME"] = str(ros_home)
-    yield ros_home
-    if previous is None:
-        del os.environ["ROS_HOME"]
-    else:
-        os.environ["ROS_HOME"] = previous
-
-
-@pytest.fixture
-def rclpy_context() -> Iterator[Context]:
-    """A fresh rclpy context for one test, shut down afterwards."""
-    context = Context()
-    rclpy.init(context=context)
-    try:
-        yield context
-    finally:
-        rclpy.try_shutdown(context=context)
-
-
-@pytest.fixture
-def executor(rclpy_context: Context) -> Iterator[SingleThreadedExecutor]:
-    """An executor in the test's context."""
-    executor = SingleThreadedExecutor(context=rclpy_context)
-    try:
-        yield executor
-    finally:
-        executor.shutdown()
-
-
-_node_numbers = itertools.count()
-
-
-@pytest.fixture
-def ros_node(rclpy_context: Context, executor: SingleThreadedExecutor) -> Iterator[Node]:
-    """A node of the test process, added to ``executor``."""
-    node = rclpy.create_node(
-        f"test_client_{os.getpid()}_{next(_node_numbers)}", context=rclpy_context
-    )
-    executor.add_node(node)
-    try:
-        yield node
-    finally:
-        executor.remove_node(node)
-        node.destroy_node()
-
-
-SpawnNode = Callable[..., NodeProcess]
-
-
-@pytest.fixture
-def spawn_node(tmp_path: Path) -> Iterator[SpawnNode]:
-    """Start installed executables as processes, each with its own ROS_HOME.
-
-    ``spawn_node(package, executable, args=(), env=None)`` returns a NodeProcess;
-    whatever still runs at the end of the test is interrupted, then killed.
-    """
-    processes: list[NodeProcess] = []
-
-    def spawn(
-        package: str,
-        executable: str,
-        args: Sequence[str | os.PathLike] = (),
-        env: dict[str, str] | None = None,
-    ) -> NodeProcess:
-        index = len(processes)
-        ros_home = tmp_path / f"ros_home_{executable}_{index}"
-        ros_home.mkdir()
-        process_env = {**os.environ, "ROS_HOME": str(ros_home), "PYTHONUNBUFFERED": "1"}
-        process_env.update(env or {})
-        process = NodeProcess(
-            [installed_executable(package, executable), *args],
-            log_path=tmp_path / f"{executable}_{index}.log",
-            env=process_env,
-        )
-        processes.append(process)
-        return process
-
-    yield spawn
-    for process in processes:
-        if process.poll() is None:
-            try:
-                process.stop(timeout=5.0)
-            except TimeoutError:
-                pass  # killed by stop(); the test itself reports what went wrong
-        process.close()
-
-
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2.5-VL checkpoint directory (svlm-make-tiny), made once per test session."""
-    from svlm_ros.tiny_model import make_tiny_checkpoint
+    from svlm_ros.engine.tiny_model import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model") / "tiny")

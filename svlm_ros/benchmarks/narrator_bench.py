@@ -54,7 +54,7 @@ def measure_frame_path(width: int, height: int, rate: float, frames: int = 3000)
     ``sensor_msgs/Image``'s fields to RGB and hand the array to a frame sampler (the store)."""
     import array
 
-    from svlm_ros.frame_sampler import FrameSampler
+    from svlm_ros.engine.frame_sampler import FrameSampler
     from svlm_ros.image_conversion import raw_image_to_rgb
 
     data = array.array("B", np.random.default_rng(1).integers(0, 256, width * height * 3,
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="narrator_bench_"))
     model_path = arguments.model_path
     if not model_path:
-        from svlm_ros.tiny_model import make_tiny_checkpoint
+        from svlm_ros.engine.tiny_model import make_tiny_checkpoint
 
         model_path = str(make_tiny_checkpoint(work / "tiny"))
     (work / "ros_home").mkdir()

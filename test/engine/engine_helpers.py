@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from svlm_ros.cache_policy import CachePolicyConfig
-from svlm_ros.decoding import SamplingConfig
-from svlm_ros.model_loading import load_model
-from svlm_ros.streaming_session import StreamConfig, StreamingSession
-from svlm_ros.tiny_model import make_tiny_checkpoint
+from svlm_ros.engine.cache_policy import CachePolicyConfig
+from svlm_ros.engine.decoding import SamplingConfig
+from svlm_ros.engine.model_loading import load_model
+from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
+from svlm_ros.engine.tiny_model import make_tiny_checkpoint
 
 # Small frames keep the tests fast: 112x112 -> 4x4 merged tokens per temporal patch.
 SMALL_PIXELS = 112 * 112

@@ -1,6 +1,6 @@
 """The narrator node: camera topics in, one narration per second per camera and answers out.
 
-A thin ROS edge over the streaming engine (``svlm_ros.streaming_session``): messages become
+A thin ROS edge over the streaming engine (``svlm_ros.engine.streaming_session``): messages become
 engine calls, engine results become messages. Parameters are declared and checked in
 ``narrator_params``, counters kept in ``stream_stats``.
 
@@ -50,22 +50,22 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from svlm_ros import narrator_params
-from svlm_ros.fair_lock import FairLock
-from svlm_ros.image_conversion import compressed_image_to_rgb, image_message_to_rgb
-from svlm_ros.model_loading import LoadedModel, load_model
-from svlm_ros.msg import Answer as AnswerMessage
-from svlm_ros.msg import CameraStatus, Narration, NarratorStatus
-from svlm_ros.narrator_params import CameraSpec
-from svlm_ros.srv import Ask
-from svlm_ros.stream_stats import CameraSnapshot, CameraStats
-from svlm_ros.streaming_session import (
+from svlm_ros.engine.model_loading import LoadedModel, load_model
+from svlm_ros.engine.streaming_session import (
     GenerationInterrupted,
     RoundResult,
     StreamConfig,
     StreamingSession,
 )
-from svlm_ros.vision_input import fit_frame_size
+from svlm_ros.engine.vision_input import fit_frame_size
+from svlm_ros.image_conversion import compressed_image_to_rgb, image_message_to_rgb
+from svlm_ros.msg import Answer as AnswerMessage
+from svlm_ros.msg import CameraStatus, Narration, NarratorStatus
+from svlm_ros.node import parameters as narrator_params
+from svlm_ros.node.fair_lock import FairLock
+from svlm_ros.node.parameters import CameraSpec
+from svlm_ros.node.stream_stats import CameraSnapshot, CameraStats
+from svlm_ros.srv import Ask
 
 try:  # /diagnostics is optional: diagnostic_msgs is not part of every minimal install
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

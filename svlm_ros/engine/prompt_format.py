@@ -89,20 +89,9 @@ class PromptFormat:
             + self.encode_plain(f"{self.instruction}\n")
         )
 
-    def round_prompt_ids(
-        self, start: float, end: float, video_tokens: int, *, first: bool
-    ) -> list[int]:
-        """The user turn of one round up to the assistant header (the first round's user turn
-        was opened by the sink)."""
-        opening = [] if first else self.encode(f"{IM_START}user\n")
-        return (
-            opening
-            + self.encode(time_text(start, end))
-            + [self.token_id(VISION_START)]
-            + [self.video_pad_id] * video_tokens
-            + [self.token_id(VISION_END)]
-            + self.encode(f"{IM_END}\n{IM_START}assistant\n")
-        )
+    def encode_time(self, start: float, end: float) -> list[int]:
+        """Token ids of a round's time stamp (see ``time_text``)."""
+        return self.encode(time_text(start, end))
 
     def close_ids(self) -> list[int]:
         """Ends an assistant turn."""
@@ -114,10 +103,4 @@ class PromptFormat:
             self.encode(f"{IM_START}user\n")
             + self.encode_plain(question)
             + self.encode(f"{IM_END}\n{IM_START}assistant\n")
-        )
-
-    def framing_tokens(self) -> int:
-        """Tokens of a round prompt besides time text and video pads."""
-        return len(self.round_prompt_ids(0.0, 1.0, 0, first=False)) - len(
-            self.encode(time_text(0.0, 1.0))
         )

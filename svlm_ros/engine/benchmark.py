@@ -30,11 +30,11 @@ import psutil
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .cache_policy import CachePolicyConfig, EvictionPlan
-from .decoding import SamplingConfig
-from .model_loading import load_model
-from .streaming_session import MAX_STREAM_SECONDS, StreamConfig, StreamingSession
-from .vision_input import VideoBlock
+from svlm_ros.engine.cache_policy import CachePolicyConfig, EvictionPlan
+from svlm_ros.engine.decoding import SamplingConfig
+from svlm_ros.engine.model_loading import load_model
+from svlm_ros.engine.streaming_session import MAX_STREAM_SECONDS, StreamConfig, StreamingSession
+from svlm_ros.engine.vision_input import VideoBlock
 
 CAMERA_RATE_HZ = 30
 WINDOW_FOR_AGGREGATES = 60
@@ -86,7 +86,7 @@ class RecomputeSession(StreamingSession):
         kept = {span.stream_second for span in self.policy.rounds}
         self._blocks = {start: block for start, block in self._blocks.items() if start in kept}
 
-    def _prefill(self, ids, positions, video):
+    def _prefill(self, prompt, video):
         self._blocks[self.policy.rounds[-1].stream_second] = video
         blocks = [self._blocks[span.stream_second] for span in self.policy.rounds]
         retained_ids = self.policy.token_ids.tolist()
@@ -101,7 +101,8 @@ class RecomputeSession(StreamingSession):
             size=video.size,
         )
         return self._forward(
-            retained_ids + ids, torch.cat([retained_positions, positions], dim=1), merged
+            retained_ids + prompt.ids, torch.cat([retained_positions, prompt.positions], dim=1),
+            merged,
         )
 
 

@@ -20,7 +20,7 @@ from engine_helpers import (
     stream,
 )
 
-from svlm_ros.streaming_session import StreamingSession
+from svlm_ros.engine.streaming_session import StreamingSession
 
 TOLERANCE = 1e-4
 

@@ -8,8 +8,9 @@ import pytest
 import yaml
 from rcl_interfaces.msg import ParameterType
 
-from svlm_ros import narrator_params
-from svlm_ros.narrator_params import (
+from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
+from svlm_ros.node import parameters as narrator_params
+from svlm_ros.node.parameters import (
     PARAMETERS,
     SPECS,
     camera_specs,
@@ -20,7 +21,6 @@ from svlm_ros.narrator_params import (
     stream_config,
     subscription_topic,
 )
-from svlm_ros.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
 
 SOURCE = Path(__file__).resolve().parents[1]
 

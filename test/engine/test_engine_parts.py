@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from svlm_ros import benchmark
-from svlm_ros.decoding import SamplingConfig, TokenChooser
-from svlm_ros.frame_sampler import CLOCK_JUMP_FRAMES, FrameRejected, FrameSampler
-from svlm_ros.prompt_format import PromptFormat, clean_narration, time_text
-from svlm_ros.tiny_model import main as make_tiny_main
-from svlm_ros.tiny_model import make_tiny_checkpoint
-from svlm_ros.vision_input import fit_frame_size
+from svlm_ros.engine import benchmark
+from svlm_ros.engine.decoding import SamplingConfig, TokenChooser
+from svlm_ros.engine.frame_sampler import CLOCK_JUMP_FRAMES, FrameRejected, FrameSampler
+from svlm_ros.engine.prompt_format import PromptFormat, clean_narration, time_text
+from svlm_ros.engine.tiny_model import main as make_tiny_main
+from svlm_ros.engine.tiny_model import make_tiny_checkpoint
+from svlm_ros.engine.vision_input import fit_frame_size
 
 FRAME = np.zeros((4, 4, 3), np.uint8)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svlm_ros.cache_policy import CachePolicyConfig, StreamingCachePolicy
+from svlm_ros.engine.cache_policy import CachePolicyConfig, StreamingCachePolicy
 
 SINK = 5
 PROMPT_TEXT = 3  # text tokens before and after each round's video block

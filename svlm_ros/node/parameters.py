@@ -22,12 +22,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .cache_policy import CachePolicyConfig
-from .decoding import SamplingConfig
-from .model_loading import ATTENTION_CHOICES, DTYPE_CHOICES
-from .prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
-from .streaming_session import StreamConfig
-from .vision_input import PATCH_FACTOR
+from svlm_ros.engine.cache_policy import CachePolicyConfig
+from svlm_ros.engine.decoding import SamplingConfig
+from svlm_ros.engine.model_loading import ATTENTION_CHOICES, DTYPE_CHOICES
+from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
+from svlm_ros.engine.streaming_session import StreamConfig
+from svlm_ros.engine.vision_input import PATCH_FACTOR
 
 TRANSPORT_CHOICES = ("raw", "compressed")
 RELIABILITY_CHOICES = ("best_effort", "reliable")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from engine_helpers import SyntheticCamera, make_loaded, small_config, stream
 
-from svlm_ros.streaming_session import StreamingSession
+from svlm_ros.engine.streaming_session import StreamingSession
 
 TOLERANCE = 1e-4
 

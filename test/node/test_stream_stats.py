@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from svlm_ros.fair_lock import FairLock
-from svlm_ros.stream_stats import CameraStats, LatencyWindow, median, percentile
+from svlm_ros.node.fair_lock import FairLock
+from svlm_ros.node.stream_stats import CameraStats, LatencyWindow, median, percentile
 
 
 def test_median_and_percentile():

@@ -7,17 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
 
 ENGINE_CHECK = """
 import sys
-import svlm_ros.streaming_session, svlm_ros.benchmark, svlm_ros.tiny_model
+import svlm_ros.engine.streaming_session, svlm_ros.engine.benchmark, svlm_ros.engine.tiny_model
 assert svlm_ros.__file__.startswith(sys.argv[1]), svlm_ros.__file__
 assert "rclpy" not in sys.modules, "the engine must not import rclpy"
 print("engine ok")
 """
 
 
+@pytest.mark.slow  # builds and installs a wheel: about 20 s
 def test_wheel_installs_the_engine_and_its_commands_without_ros(tmp_path):
     wheels, target = tmp_path / "wheels", tmp_path / "site"
     subprocess.run(

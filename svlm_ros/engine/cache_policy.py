@@ -6,7 +6,9 @@ asks the policy for an ``EvictionPlan`` and hands it to ``BoundedKVCache.compact
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -37,6 +39,25 @@ class CachePolicyConfig:
                 f"vision_window_seconds must be >= 1 (the newest second is always kept), "
                 f"got {self.vision_window_seconds}"
             )
+
+
+T = TypeVar("T")
+
+
+def cut_previous_text(items: Sequence[T], config: CachePolicyConfig) -> list[T]:
+    """The ``previous text`` the cache keeps of everything that ever entered it, in order.
+
+    Keeps the first ``text_sink_tokens`` and the last ``text_window_tokens`` items and drops
+    the middle. The cache policy applies it to cache indices at every eviction; the SFT
+    chunker applies it to the token ids of all assistant text before a chunk. Cutting the
+    whole history at once equals cutting it eviction by eviction, because the first items are
+    never dropped and the newest always kept.
+    """
+    limit = config.text_sink_tokens + config.text_window_tokens
+    if len(items) <= limit:
+        return list(items)
+    tail_start = len(items) - config.text_window_tokens
+    return list(items[: config.text_sink_tokens]) + list(items[tail_start:])
 
 
 @dataclass
@@ -189,12 +210,9 @@ class StreamingCachePolicy:
             text_start = cursor + span.prompt_tokens
             previous_text.extend(range(text_start, text_start + span.text_tokens))
             cursor += span.length
-        limit = self.config.text_sink_tokens + self.config.text_window_tokens
-        if len(previous_text) > limit:
-            dropped = len(previous_text) - limit
-            cut = self.config.text_sink_tokens
-            previous_text = previous_text[:cut] + previous_text[cut + dropped :]
-            self.dropped_text_tokens += dropped
+        before = len(previous_text)
+        previous_text = cut_previous_text(previous_text, self.config)
+        self.dropped_text_tokens += before - len(previous_text)
         remaining_rounds_start = cursor
         kept = torch.cat(
             [

@@ -11,7 +11,7 @@ from pathlib import Path
 from ament_index_python.packages import get_package_prefix
 from ros_helpers import installed_share
 
-from svlm_ros import narrator_params
+from svlm_ros.node import parameters as narrator_params
 
 LAUNCH_FILE = installed_share("svlm_ros") / "launch" / "narrator.launch.py"
 

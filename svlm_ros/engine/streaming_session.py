@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .cache_policy import CachePolicyConfig, EvictionPlan, StreamingCachePolicy
-from .decoding import SamplingConfig, TokenChooser
-from .frame_sampler import MAX_STREAM_SECONDS, FrameSampler, SecondOfFrames
-from .kv_cache import BoundedKVCache
-from .model_loading import LoadedModel
-from .prompt_format import (
+from svlm_ros.engine.cache_policy import CachePolicyConfig, EvictionPlan, StreamingCachePolicy
+from svlm_ros.engine.decoding import SamplingConfig, TokenChooser
+from svlm_ros.engine.frame_sampler import MAX_STREAM_SECONDS, FrameSampler, SecondOfFrames
+from svlm_ros.engine.kv_cache import BoundedKVCache
+from svlm_ros.engine.model_loading import LoadedModel
+from svlm_ros.engine.prompt_format import (
     DEFAULT_INSTRUCTION,
     DEFAULT_SYSTEM_PROMPT,
     END_MARKER,
@@ -30,8 +30,9 @@ from .prompt_format import (
     clean_narration,
     time_text,
 )
-from .rotary_shift import rotary_inverse_frequencies
-from .vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
+from svlm_ros.engine.rotary_shift import rotary_inverse_frequencies
+from svlm_ros.engine.round_layout import RenderedTokens, RoundLayout, VideoGrid
+from svlm_ros.engine.vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
 
 
 class GenerationInterrupted(RuntimeError):
@@ -144,6 +145,7 @@ class StreamingSession:
         self.device = loaded.device
         cfg = self.config
         self.format = PromptFormat(loaded.tokenizer, cfg.system_prompt, cfg.instruction)
+        self.layout = RoundLayout.for_model_config(self.format, self.model.config)
         self.vision = VisionInput(
             loaded.processor, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels, fps=cfg.fps
         )
@@ -154,8 +156,8 @@ class StreamingSession:
                 f"multiple of the temporal patch size {self.vision.temporal_patch}"
             )
         self.inverse_frequencies = rotary_inverse_frequencies(self.model)
-        self._sink_ids = self.format.sink_ids()
-        self._close_ids = self.format.close_ids()
+        self._sink_ids = self.layout.sink_ids
+        self._close_ids = self.layout.close_ids
         self.bound = self._compute_bound()
         self.cache = self._make_cache()
         self.record_logits = record_logits
@@ -178,7 +180,7 @@ class StreamingSession:
         vision_tokens = (frames // self.vision.temporal_patch) * vision_tokens_per_patch
         longest_time = len(self.format.encode(time_text(last_end_time - self.config.period,
                                                          last_end_time)))
-        prompt = self.format.framing_tokens() + longest_time + vision_tokens
+        prompt = self.layout.framing_tokens() + longest_time + vision_tokens
         return prompt + self.config.max_new_tokens + len(self._close_ids)
 
     def _compute_bound(self) -> int:
@@ -285,7 +287,7 @@ class StreamingSession:
 
     # ----- the model -----------------------------------------------------------------------
     def _forward(self, ids: list[int], positions: torch.Tensor, video: VideoBlock | None = None):
-        """Append ``ids`` at ``positions`` to the cache and return the last token's logits."""
+        """Append ``ids`` at ``positions`` ``(3, n)`` to the cache; return the last logits."""
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         kwargs = {}
         if video is not None:
@@ -305,21 +307,10 @@ class StreamingSession:
         self.policy.append(torch.tensor(ids, dtype=torch.long), positions)
         return output.logits[0, -1]
 
-    def _chunk_positions(self, ids: list[int], video: VideoBlock, start: int) -> torch.Tensor:
-        """3-D positions of a round's prompt (with its video block) starting at ``start``."""
-        input_ids = torch.tensor([ids], dtype=torch.long)
-        token_types = (input_ids == self.format.video_pad_id).int() * 2
-        positions, _ = self.model.model.get_rope_index(
-            input_ids,
-            mm_token_type_ids=token_types,
-            video_grid_thw=video.grid_thw,
-            second_per_grid_ts=torch.tensor([video.second_per_grid]),
-        )
-        return positions[:, 0, :].cpu() + start
-
     def _generate(self, logits: torch.Tensor, budget: int, chooser: TokenChooser,
-                  stop_on_marker: bool) -> tuple[list[int], list[int], list[torch.Tensor]]:
-        """Decode up to ``budget`` tokens.
+                  stop_on_marker: bool, forced: list[int] | None = None,
+                  ) -> tuple[list[int], list[int], list[torch.Tensor]]:
+        """Decode up to ``budget`` tokens (or feed ``forced`` ones: teacher forcing).
 
         Returns:
             ``(generated, unfed, recorded logits)``: ``unfed`` is the tail of ``generated``
@@ -332,34 +323,55 @@ class StreamingSession:
         while True:
             if self._interrupt.is_set():
                 raise GenerationInterrupted("generation interrupted")
-            token = chooser.choose(logits, torch.cat([context, torch.tensor(generated,
-                                                                             dtype=torch.long)]))
+            if forced is not None:
+                token = forced[len(generated)]
+            else:
+                token = chooser.choose(
+                    logits, torch.cat([context, torch.tensor(generated, dtype=torch.long)])
+                )
             if token == eos:
                 return generated, [], recorded
             generated.append(token)
-            if len(generated) >= budget:
+            if len(generated) >= budget or (forced is not None and len(generated) == len(forced)):
                 return generated, [token], recorded
-            if stop_on_marker and self.format.tokenizer.decode(generated[-3:]).endswith(
-                END_MARKER.strip()
-            ):
+            if forced is None and stop_on_marker and self._ends_with_marker(generated):
                 return generated, [token], recorded
-            position = torch.full((3, 1), self.policy.next_position, dtype=torch.long)
-            logits = self._forward([token], position)
+            logits = self._forward_rendered(
+                self.layout.render_generated(token, self.policy.next_position)
+            )
             if self.record_logits:
                 recorded.append(logits.detach().float().cpu())
+
+    def _ends_with_marker(self, generated: list[int]) -> bool:
+        return self.format.tokenizer.decode(generated[-3:]).endswith(END_MARKER.strip())
 
     def _apply_eviction(self, plan: EvictionPlan) -> None:
         """Squeeze evicted tokens out of the cache and rotate the moved keys."""
         if plan.evicted_tokens:
             self.cache.compact(plan.kept_index, plan.shift, self.inverse_frequencies)
 
-    def _prefill(self, ids: list[int], positions: torch.Tensor, video: VideoBlock) -> torch.Tensor:
+    def _prefill(self, prompt: RenderedTokens, video: VideoBlock) -> torch.Tensor:
         """Feed a new round's prompt (only the new second goes through the vision encoder)."""
-        return self._forward(ids, positions, video)
+        return self._forward(prompt.ids, prompt.positions, video)
+
+    def _forward_rendered(self, rendered: RenderedTokens) -> torch.Tensor:
+        return self._forward(rendered.ids, rendered.positions)
 
     @torch.inference_mode()
-    def run_round(self, second: SecondOfFrames) -> RoundResult:
-        """Narrate one period: evict, prefill its time text and video, generate, close the turn."""
+    def run_round(self, second: SecondOfFrames, forced_ids: list[int] | None = None
+                  ) -> RoundResult:
+        """Narrate one period: evict, prefill its time text and video, generate, close the turn.
+
+        Args:
+            second: The period's frames (from the sampler).
+            forced_ids: Teacher forcing: feed these assistant tokens (words and end marker,
+                at most ``max_new_tokens``) instead of choosing them; used to check that the
+                stream holds exactly what ``RoundLayout`` renders.
+        """
+        if forced_ids is not None and not 0 < len(forced_ids) <= self.config.max_new_tokens:
+            raise ValueError(
+                f"forced_ids must hold 1 to max_new_tokens={self.config.max_new_tokens} tokens"
+            )
         t0 = time.perf_counter()
         self._interrupt.clear()
         if second.epoch != self._memory_epoch:
@@ -368,9 +380,7 @@ class StreamingSession:
             self._clear_memory(second.epoch)
         video = self.vision.prepare(second.frames)
         first = self.policy.length == 0
-        prompt_ids = self.format.round_prompt_ids(
-            second.start, second.end, video.tokens, first=first
-        )
+        grid = VideoGrid(*(int(n) for n in video.grid_thw[0]), video.second_per_grid)
         t1 = time.perf_counter()
         try:
             plan = self.policy.plan_eviction(self.policy.rounds_to_evict(1))
@@ -386,24 +396,24 @@ class StreamingSession:
         if first:
             # The sink and the first round go through the model in one forward pass.
             self.policy.mark_sink(len(self._sink_ids))
-            ids = self._sink_ids + prompt_ids
-            sink_positions = torch.arange(len(self._sink_ids)).expand(3, -1)
-            round_positions = self._chunk_positions(prompt_ids, video, len(self._sink_ids))
-            positions = torch.cat([sink_positions, round_positions], dim=1)
+            prompt = self.layout.render_sink()
+            prompt.extend(self.layout.render_prompt(second.start, second.end, grid,
+                                                    prompt.next_position, first=True))
         else:
-            ids = prompt_ids
-            positions = self._chunk_positions(prompt_ids, video, self.policy.next_position)
-        self.policy.begin_round(second.start, len(prompt_ids))
+            prompt = self.layout.render_prompt(second.start, second.end, grid,
+                                               self.policy.next_position, first=False)
+        self.policy.begin_round(second.start, len(prompt) - (len(self._sink_ids) if first else 0))
         length_before = self.policy.length
         try:
-            logits = self._prefill(ids, positions, video)
+            logits = self._prefill(prompt, video)
             t3 = time.perf_counter()
             generated, unfed, recorded = self._generate(
-                logits, self.config.max_new_tokens, self.chooser, stop_on_marker=True
+                logits, self.config.max_new_tokens, self.chooser, stop_on_marker=True,
+                forced=forced_ids,
             )
-            closing = unfed + self._close_ids
-            start = self.policy.next_position
-            self._forward(closing, torch.arange(start, start + len(closing)).expand(3, -1))
+            # The last chosen token (if any) goes in with the turn close, in one pass.
+            self._forward_rendered(self.layout.render_assistant(
+                unfed, self.policy.next_position))
         except BaseException:
             # A failed round (e.g. out of memory) leaves no trace: the stream stays usable.
             self.cache.truncate(length_before)
@@ -449,7 +459,7 @@ class StreamingSession:
             raise ValueError("question is empty")
         if self.policy.length == 0:
             raise ValueError("no frames have been narrated yet; nothing to answer from")
-        ids = self.format.question_ids(question.strip())
+        ids = self.format.question_ids(question.strip())  # length check before rendering
         if len(ids) > self.config.max_question_tokens:
             raise QuestionTooLong(
                 f"question is {len(ids)} tokens, more than max_question_tokens="
@@ -462,8 +472,9 @@ class StreamingSession:
         length = self.cache.length
         record, self.record_logits = self.record_logits, False
         try:
-            start = self.policy.next_position
-            logits = self._forward(ids, torch.arange(start, start + len(ids)).expand(3, -1))
+            logits = self._forward_rendered(
+                self.layout.render_question(question.strip(), self.policy.next_position)
+            )
             generated, _, _ = self._generate(
                 logits, budget, self.answer_chooser, stop_on_marker=False
             )

@@ -9,10 +9,14 @@ import pytest
 import torch
 from engine_helpers import SyntheticCamera, make_loaded, small_config, stream
 
-from svlm_ros.decoding import SamplingConfig
-from svlm_ros.frame_sampler import FrameRejected
-from svlm_ros.model_loading import load_model
-from svlm_ros.streaming_session import GenerationInterrupted, QuestionTooLong, StreamingSession
+from svlm_ros.engine.decoding import SamplingConfig
+from svlm_ros.engine.frame_sampler import FrameRejected
+from svlm_ros.engine.model_loading import load_model
+from svlm_ros.engine.streaming_session import (
+    GenerationInterrupted,
+    QuestionTooLong,
+    StreamingSession,
+)
 
 
 @pytest.fixture(scope="module")

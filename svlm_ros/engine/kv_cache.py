@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .rotary_shift import rotate_keys_by_shift
+from svlm_ros.engine.rotary_shift import rotate_keys_by_shift
 
 
 class CacheOverflowError(RuntimeError):

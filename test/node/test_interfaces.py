@@ -50,4 +50,4 @@ def test_installed_package_is_the_hand_written_one_with_interfaces():
     assert svlm_ros.__doc__, "svlm_ros/__init__.py is the generated empty one"
     package_dir = Path(svlm_ros.__file__).parent
     assert "site-packages" in package_dir.parts, f"svlm_ros imported from {package_dir}"
-    assert (package_dir / "narrator_node.py").exists()
+    assert (package_dir / "node" / "narrator.py").exists()
