@@ -42,7 +42,10 @@ def assert_same_snapshot(before, after):
     assert before[3:] == after[3:]
 
 
-def test_thousand_rounds_bound_sink_window_and_positions(two_layer):
+@pytest.mark.parametrize(
+    "rounds", [150, pytest.param(1000, marks=pytest.mark.slow)], ids=["150", "1000"]
+)
+def test_many_rounds_bound_sink_window_and_positions(two_layer, rounds):
     config = small_config(window=4, text_sink=8, text_window=12, max_pixels=56 * 56,
                           max_new_tokens=3)
     session = StreamingSession(two_layer, config)
@@ -65,13 +68,13 @@ def test_thousand_rounds_bound_sink_window_and_positions(two_layer):
             sink_snapshot.extend((layer.keys[:, :, :sink].clone(), layer.values[:, :, :sink]
                                   .clone()) for layer in session.cache.layers)
 
-    results = stream(session, camera, 1000.5, on_round=check)
-    assert len(results) == 1000
-    assert session.policy.evicted_rounds == 1000 - 4
+    results = stream(session, camera, rounds + 0.5, on_round=check)
+    assert len(results) == rounds
+    assert session.policy.evicted_rounds == rounds - 4
     assert session.policy.dropped_text_tokens > 0
     sink = session.policy.sink_tokens
     for layer, (keys, values) in zip(session.cache.layers, sink_snapshot, strict=True):
-        assert torch.equal(layer.keys[:, :, :sink], keys)  # bit-exact after 1,000 rounds
+        assert torch.equal(layer.keys[:, :, :sink], keys)  # bit-exact after every round
         assert torch.equal(layer.values[:, :, :sink], values)
     # Flat: the same number of tokens is held once the windows are full.
     steady = [r.cache_tokens for r in results[-100:]]
@@ -86,7 +89,8 @@ def test_ask_leaves_the_stream_bit_identical(two_layer):
     stream(without, SyntheticCamera(seed=2), 4.5)
     before = snapshot(with_ask)
     answer = with_ask.ask("What is on the table?")
-    assert answer.answer_tokens >= 0 and answer.question_tokens > 0
+    assert 0 < answer.answer_tokens <= with_ask.config.max_answer_tokens
+    assert answer.question_tokens == len(with_ask.format.question_ids("What is on the table?"))
     assert_same_snapshot(before, snapshot(with_ask))
     assert with_ask.cache_tokens == before[1].numel()
     # The narration afterwards is exactly what it would have been without the question.
@@ -264,7 +268,8 @@ def test_interrupt_stops_an_answer_and_leaves_the_stream_intact(two_layer, monke
         session.ask("what is there?")
     assert len(chosen) == 3  # stopped at the next token, not after 50
     assert_same_snapshot(before, snapshot(session))
-    assert session.ask("and now?").answer_tokens >= 0  # the next call is not interrupted
+    # The next call is not interrupted: it decodes past the third token.
+    assert session.ask("and now?").answer_tokens > 3
 
 
 def test_settings_whose_cache_cannot_fit_are_refused(two_layer):

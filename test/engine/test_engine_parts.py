@@ -69,7 +69,9 @@ def test_sampler_refuses_a_stamp_far_beyond_the_supported_stream():
     sampler.add(FRAME, 100.0)
     with pytest.raises(FrameRejected, match="bad clock"):
         sampler.add(FRAME, 2.0**31)
-    assert sampler.add(FRAME, 101.0) is not None  # nothing changed
+    # Nothing changed: the next second's first frame is sampled on the same timeline.
+    assert sampler.add(FRAME, 101.0) is True
+    assert (sampler.epoch, sampler.restarts, sampler.origin) == (0, 0, 100.0)
 
 
 def test_sampler_drops_unconsumed_seconds_beyond_max_pending():
