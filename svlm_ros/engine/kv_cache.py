@@ -36,12 +36,25 @@ class PreallocatedLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, head_dim = key_states.shape
-        self.device = key_states.device
-        self._key_buffer = key_states.new_zeros((batch, heads, self.capacity, head_dim))
-        self._value_buffer = value_states.new_zeros(
-            (batch, heads, self.capacity, value_states.shape[-1])
-        )
+        self.allocate(batch, heads, head_dim, key_states.dtype, key_states.device)
+
+    def allocate(self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        """Allocate the fixed-capacity buffers now (instead of at the first write)."""
+        self.device = torch.device(device)
+        shape = (batch, kv_heads, self.capacity, head_dim)
+        self._key_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self._value_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.is_initialized = True
+        self._refresh_views()
+
+    def advance(self, tokens: int) -> None:
+        """Count ``tokens`` written into the buffers directly (by the fixed-shape decode step)."""
+        if self.length + tokens > self.capacity:
+            raise CacheOverflowError(
+                f"cache capacity {self.capacity} exceeded: {self.length} held + {tokens} new"
+            )
+        self.length += tokens
         self._refresh_views()
 
     def _refresh_views(self) -> None:
@@ -120,6 +133,25 @@ class BoundedKVCache(Cache):
     def length(self) -> int:
         """Tokens currently held (the same in every layer)."""
         return self.layers[0].length
+
+    def allocate(self, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        """Allocate every layer's buffers now, so that a cache that does not fit fails at
+        session build and not at the first round."""
+        for layer in self.layers:
+            layer.allocate(1, kv_heads, head_dim, dtype, device)
+
+    def buffers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every layer's full-capacity key and value buffers (for the fixed-shape decode)."""
+        if not self.layers[0].is_initialized:
+            raise RuntimeError("the cache buffers are not allocated yet")
+        return ([layer._key_buffer for layer in self.layers],
+                [layer._value_buffer for layer in self.layers])
+
+    def advance(self, tokens: int) -> None:
+        """Count ``tokens`` written into every layer's buffers by ``buffers()``' user."""
+        for layer in self.layers:
+            layer.advance(tokens)
 
     def truncate(self, length: int) -> None:
         """Drop every token after the first ``length`` (used to undo an ``ask``)."""

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from svlm_ros.engine.attention import sdpa_kernels
 from svlm_ros.engine.cache_policy import CachePolicyConfig, EvictionPlan, StreamingCachePolicy
 from svlm_ros.engine.decoding import SamplingConfig, TokenChooser
+from svlm_ros.engine.device_sampling import DeviceTokenChooser
 from svlm_ros.engine.frame_sampler import MAX_STREAM_SECONDS, FrameSampler, SecondOfFrames
 from svlm_ros.engine.kv_cache import BoundedKVCache
 from svlm_ros.engine.model_loading import LoadedModel
@@ -31,6 +33,7 @@ from svlm_ros.engine.prompt_format import (
     time_text,
 )
 from svlm_ros.engine.rotary_shift import rotary_inverse_frequencies
+from svlm_ros.engine.static_decode import DECODE_PATHS, StaticDecoder, resolve_decode_path
 from svlm_ros.engine.round_layout import RenderedTokens, RoundLayout, VideoGrid
 from svlm_ros.engine.vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
 
@@ -60,6 +63,11 @@ class StreamConfig:
         max_question_tokens: Longest question ``ask`` accepts (tokens, framing included).
         max_answer_tokens: Most tokens an answer may have.
         max_pending_seconds: Completed seconds queued before the oldest is dropped.
+        decode_path: How tokens are decoded (``static_decode.py``): ``eager`` (the model's
+            forward over the live cache, host-side token choice), ``static`` (one fixed-shape
+            step over the whole preallocated cache, token choice on the device), ``compiled``
+            (that step through ``torch.compile``: CUDA graphs on CUDA, inductor on the CPU) or
+            ``auto`` (``compiled`` on CUDA, ``eager`` on the CPU).
     """
 
     fps: float = 2.0
@@ -74,8 +82,11 @@ class StreamConfig:
     max_question_tokens: int = 256
     max_answer_tokens: int = 64
     max_pending_seconds: int = 4
+    decode_path: str = "auto"
 
     def __post_init__(self):
+        if self.decode_path not in DECODE_PATHS:
+            raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {self.decode_path!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_question_tokens < 1 or self.max_answer_tokens < 1:
@@ -163,14 +174,23 @@ class StreamingSession:
         self.record_logits = record_logits
         self.last_round_logits: list[torch.Tensor] = []
         self._interrupt = threading.Event()
+        self.decode_path = resolve_decode_path(cfg.decode_path, self.device,
+                                               self.model.config.get_text_config()
+                                               ._attn_implementation)
         banned = self.format.never_generated_ids()
-        self.chooser = TokenChooser(cfg.sampling, self.device, banned)
         # Answers are greedy: a question should get the same answer from the same memory.
-        self.answer_chooser = TokenChooser(
-            SamplingConfig(temperature=0.0, repetition_penalty=cfg.sampling.repetition_penalty),
-            self.device,
-            banned,
-        )
+        answer_sampling = SamplingConfig(temperature=0.0,
+                                         repetition_penalty=cfg.sampling.repetition_penalty)
+        if self.decode_path == "eager":
+            self.chooser = TokenChooser(cfg.sampling, self.device, banned)
+            self.answer_chooser = TokenChooser(answer_sampling, self.device, banned)
+            self.static_decoder = None
+        else:
+            vocab = self.model.lm_head.out_features
+            self.chooser = DeviceTokenChooser(cfg.sampling, self.device, vocab, banned)
+            self.answer_chooser = DeviceTokenChooser(answer_sampling, self.device, vocab, banned)
+            self.static_decoder = StaticDecoder(self.model, self.cache,
+                                                compiled=self.decode_path == "compiled")
         self.reset()
 
     # ----- sizes ---------------------------------------------------------------------------
@@ -215,23 +235,32 @@ class StreamingSession:
         per_token = text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim
         return self.bound * per_token * torch.finfo(self.loaded.dtype).bits // 8
 
-    def _make_cache(self) -> BoundedKVCache:
-        """The one cache of this session, preallocated to the bound."""
-        needed = self.cache_bytes()
+    def _free_memory(self) -> int:
+        """Bytes free now where the cache goes: device memory on CUDA, available RAM on the CPU
+        (not the total: the weights, other sessions and other processes hold the rest)."""
         if self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory
-        else:
-            import psutil
+            free, _total = torch.cuda.mem_get_info(self.device)
+            return int(free)
+        import psutil
 
-            total = psutil.virtual_memory().total
-        if needed > total:
+        return int(psutil.virtual_memory().available)
+
+    def _make_cache(self) -> BoundedKVCache:
+        """The one cache of this session, checked against free memory and allocated now."""
+        needed = self.cache_bytes()
+        free = self._free_memory()
+        if needed > free:
             raise ValueError(
-                f"the KV cache for these settings needs {needed / 2**30:.1f} GiB "
-                f"({self.bound} tokens), more than the {total / 2**30:.1f} GiB of {self.device}; "
-                "lower vision_window_seconds, max_pixels, fps * period or the text windows"
+                f"the KV cache for these settings needs {needed / 2**30:.2f} GiB "
+                f"({self.bound} tokens), more than the {free / 2**30:.2f} GiB free on "
+                f"{self.device}; lower vision_window_seconds, max_pixels, fps * period or the "
+                "text windows, or run fewer sessions on this device"
             )
-        layers = self.model.config.get_text_config().num_hidden_layers
-        return BoundedKVCache(layers, self.bound)
+        text = self.model.config.get_text_config()
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        cache = BoundedKVCache(text.num_hidden_layers, self.bound)
+        cache.allocate(text.num_key_value_heads, head_dim, self.loaded.dtype, self.device)
+        return cache
 
     @property
     def cache_tokens(self) -> int:
@@ -295,14 +324,15 @@ class StreamingSession:
                 "pixel_values_videos": video.pixel_values.to(self.device, self.loaded.dtype),
                 "video_grid_thw": video.grid_thw.to(self.device),
             }
-        output = self.model(
-            input_ids=input_ids,
-            position_ids=positions[:, None, :].to(self.device),
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **kwargs,
-        )
+        with sdpa_kernels(self.device):
+            output = self.model(
+                input_ids=input_ids,
+                position_ids=positions[:, None, :].to(self.device),
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
         # Bookkeeping from the host-side list: no copy back from the device.
         self.policy.append(torch.tensor(ids, dtype=torch.long), positions)
         return output.logits[0, -1]
@@ -316,6 +346,8 @@ class StreamingSession:
             ``(generated, unfed, recorded logits)``: ``unfed`` is the tail of ``generated``
             (the last token, or nothing when the model ended its turn) not yet in the cache.
         """
+        if self.static_decoder is not None:
+            return self._generate_on_device(logits, budget, chooser, stop_on_marker, forced)
         generated: list[int] = []
         recorded = [logits.detach().float().cpu()] if self.record_logits else []
         eos = self.format.end_of_turn_id
@@ -339,6 +371,46 @@ class StreamingSession:
             logits = self._forward_rendered(
                 self.layout.render_generated(token, self.policy.next_position)
             )
+            if self.record_logits:
+                recorded.append(logits.detach().float().cpu())
+
+    def _generate_on_device(self, logits: torch.Tensor, budget: int,
+                            chooser: DeviceTokenChooser, stop_on_marker: bool,
+                            forced: list[int] | None = None,
+                            ) -> tuple[list[int], list[int], list[torch.Tensor]]:
+        """``_generate`` with fixed-shape decode steps and token choice on the device.
+
+        The same stop rules and bookkeeping; the one wait for the device per token is reading
+        the chosen id, which the stop rules (end of turn, end marker) and the host-side policy
+        need anyway.
+        """
+        generated: list[int] = []
+        recorded = [logits.detach().float().cpu()] if self.record_logits else []
+        eos = self.format.end_of_turn_id
+        chooser.start(self.policy.token_ids)
+        while True:
+            if self._interrupt.is_set():
+                raise GenerationInterrupted("generation interrupted")
+            if forced is not None:
+                token_id = forced[len(generated)]
+                token = torch.full((1,), token_id, dtype=torch.long, device=self.device)
+                chooser.mark_seen(token)
+            else:
+                token = chooser.choose(logits)
+                token_id = int(token)  # the one host sync per token
+            if token_id == eos:
+                return generated, [], recorded
+            generated.append(token_id)
+            if len(generated) >= budget or (forced is not None and len(generated) == len(forced)):
+                return generated, [token_id], recorded
+            if forced is None and stop_on_marker and self._ends_with_marker(generated):
+                return generated, [token_id], recorded
+            rendered = self.layout.render_generated(token_id, self.policy.next_position)
+            position = torch.full((1,), int(rendered.positions[0, 0]), dtype=torch.long,
+                                  device=self.device)
+            with sdpa_kernels(self.device):
+                logits = self.static_decoder.step(token, position)
+            self.policy.append(torch.tensor(rendered.ids, dtype=torch.long), rendered.positions)
             if self.record_logits:
                 recorded.append(logits.detach().float().cpu())
 

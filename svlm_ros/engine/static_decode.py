@@ -1,0 +1,168 @@
+"""A fixed-shape decode step over the preallocated bounded cache, for compilation / CUDA graphs.
+
+The eager path (``StreamingSession._forward``) hands the model the live slice of the cache, so
+every token has a new key length: new shapes, a new cuDNN plan, and no CUDA graph possible. The
+cache, however, is preallocated with a hard bound, so one decode step can have ONE shape for
+the whole stream: attend over the full capacity with a mask that admits the first
+``length + 1`` slots, write the new key/value at slot ``length``, and take the slot and the
+rotary position as device tensors. Such a step is captured once by
+``torch.compile(mode="reduce-overhead")`` (CUDA graphs) and replayed per token; on the CPU the
+same step runs compiled by inductor without graphs, or uncompiled (``static``) for tests.
+
+The step goes through the model's own modules (embedding, decoder layers with their attention
+function, norm, LM head): only the cache object and the mask differ from the eager path.
+Masked slots contribute exactly zero attention weight, so the result equals the eager path up
+to summation order (float32: ~1e-7 on the tiny model; tested).
+
+Compaction, rollback (``truncate``), ``ask`` and ``interrupt`` need nothing special: they
+rewrite or re-cut the same buffers the step reads, and the step only ever depends on the
+buffers' contents and on the slot index it is given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from svlm_ros.engine.kv_cache import CacheOverflowError
+
+#: Decode paths a session may use. ``auto``: ``compiled`` on CUDA, ``eager`` on the CPU.
+DECODE_PATHS = ("auto", "eager", "static", "compiled")
+
+
+def resolve_decode_path(decode_path: str, device: torch.device, attn_implementation: str) -> str:
+    """The decode path to use: ``eager``, ``static`` or ``compiled``.
+
+    Raises:
+        ValueError: unknown path, or a fixed-shape path with an attention kernel that cannot
+            take the capacity mask (flash_attention_2).
+    """
+    if decode_path not in DECODE_PATHS:
+        raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {decode_path!r}")
+    fixed_shape_ok = attn_implementation in ("sdpa", "eager")
+    if decode_path == "auto":
+        return "compiled" if device.type == "cuda" and fixed_shape_ok else "eager"
+    if decode_path != "eager" and not fixed_shape_ok:
+        raise ValueError(
+            f"decode_path {decode_path!r} attends over the whole preallocated cache with a mask, "
+            f"which attn_implementation {attn_implementation!r} cannot take; load the model "
+            "with 'sdpa' (the default) or use decode_path 'eager'"
+        )
+    return decode_path
+
+
+class _SlotWriteCache:
+    """What the decoder layers see during a fixed-shape step: write one slot, read everything.
+
+    Duck-types the one ``Cache`` method the attention modules call (``update``).
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor],
+                 slot: torch.Tensor):
+        self.keys = keys
+        self.values = values
+        self.slot = slot
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        # In place on the preallocated buffers: the graph's inputs keep their addresses.
+        keys.index_copy_(2, self.slot, key_states.to(keys.dtype))
+        values.index_copy_(2, self.slot, value_states.to(values.dtype))
+        return keys, values
+
+
+def decode_step(language_model, lm_head, token: torch.Tensor, position: torch.Tensor,
+                slot: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
+                float_mask: bool) -> torch.Tensor:
+    """One token through the language model over the whole cache capacity.
+
+    Args:
+        language_model: ``model.model.language_model``.
+        lm_head: ``model.lm_head``.
+        token: ``(1,)`` long, the token to feed.
+        position: ``(1,)`` long, its rotary position (all three M-RoPE axes: a text token).
+        slot: ``(1,)`` long, the cache slot it is written to (= tokens held before it).
+        keys, values: Per layer ``(1, kv_heads, capacity, head_dim)`` preallocated buffers.
+        float_mask: Give the attention an additive float mask (the ``eager`` kernel) instead of
+            a boolean one (SDPA).
+
+    Returns:
+        ``(vocab,)`` logits of the next token.
+    """
+    capacity = keys[0].shape[2]
+    visible = torch.arange(capacity, device=slot.device) <= slot  # slots 0..length inclusive
+    mask = visible[None, None, None, :]
+    if float_mask:
+        dtype = keys[0].dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=slot.device).masked_fill(
+            ~mask, torch.finfo(dtype).min)
+    hidden = language_model(
+        input_ids=token.view(1, 1),
+        position_ids=position.view(1, 1, 1).expand(3, 1, 1),
+        attention_mask={"full_attention": mask},
+        cache=_SlotWriteCache(keys, values, slot),
+        use_cache=True,
+    ).last_hidden_state
+    return lm_head(hidden[:, -1])[0]
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_decode_step(device: torch.device):
+    """``decode_step`` compiled once per process and device type.
+
+    CUDA: ``mode="reduce-overhead"`` (CUDA graphs: one launch per token instead of hundreds).
+    CPU: inductor's default mode (no graphs exist there). Shapes are static per cache capacity;
+    a session with another capacity recompiles once.
+    """
+    key = device.type
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _COMPILED[key] = torch.compile(decode_step, mode=mode, dynamic=False, fullgraph=False)
+    return _COMPILED[key]
+
+
+class StaticDecoder:
+    """Runs fixed-shape decode steps for one session's cache.
+
+    Args:
+        model: The Qwen2.5-VL model.
+        cache: The session's ``BoundedKVCache`` (its buffers must be initialised: after the
+            first prefill).
+        compiled: Use ``compiled_decode_step`` (else the same step uncompiled).
+    """
+
+    def __init__(self, model, cache, *, compiled: bool):
+        self.model = model
+        self.cache = cache
+        self.compiled = compiled
+        self.float_mask = model.config.get_text_config()._attn_implementation == "eager"
+        self._buffers: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    def _cache_buffers(self):
+        keys, values = self.cache.buffers()
+        if self._buffers is None or self._buffers[0][0] is not keys[0]:
+            if self.compiled and keys[0].device.type == "cuda":
+                # CUDA graphs may mutate only inputs whose address never changes.
+                for tensor in (*keys, *values):
+                    torch._dynamo.mark_static_address(tensor)
+            self._buffers = (keys, values)
+        return self._buffers
+
+    def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Feed ``token`` at rotary ``position`` (both ``(1,)`` device tensors) into the next
+        free slot; the cache's host-side length advances by one. Returns ``(vocab,)`` logits.
+        """
+        if self.cache.length >= self.cache.capacity:
+            # Checked before the write: on a GPU an out-of-range slot fails asynchronously.
+            raise CacheOverflowError(
+                f"cache capacity {self.cache.capacity} exceeded: {self.cache.length} held + 1 new"
+            )
+        keys, values = self._cache_buffers()
+        slot = torch.full((1,), self.cache.length, dtype=torch.long, device=token.device)
+        fn = compiled_decode_step(token.device) if self.compiled else decode_step
+        logits = fn(self.model.model.language_model, self.model.lm_head, token, position,
+                    slot, keys, values, self.float_mask)
+        self.cache.advance(1)
+        # A CUDA-graph output is overwritten by the next replay: keep our own copy.
+        return logits.clone() if self.compiled else logits
