@@ -22,7 +22,7 @@ from svlm_ros.node.parameters import (
     subscription_topic,
 )
 
-SOURCE = Path(__file__).resolve().parents[1]
+SOURCE = Path(__file__).resolve().parents[2]
 
 
 def with_values(**changes):

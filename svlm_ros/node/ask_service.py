@@ -1,0 +1,161 @@
+"""The ``ask`` service: answers a question from a camera's stream memory, publishes ``answer``.
+
+The service has its own mutually exclusive callback group: one ask at a time, and asks
+never occupy more than one executor thread. An ask takes the model lock (first come, first
+served), so it waits at most for the round in progress and the asks queued before it.
+Every request gets a response: refusals come back as ``success=false`` with the reason.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from svlm_ros.engine.streaming_session import GenerationInterrupted
+from svlm_ros.msg import Answer as AnswerMessage
+from svlm_ros.node.streams import CameraStream, Streams
+from svlm_ros.srv import Ask
+
+# A question longer than this many characters per allowed token is refused without being
+# tokenized (no tokenizer packs that many characters into a token), so a huge request cannot
+# hold the model lock while it is tokenized.
+MAX_QUESTION_CHARS_PER_TOKEN = 32
+
+
+class AskRefused(Exception):
+    """An ask that cannot be answered; the message goes back to the caller."""
+
+
+@dataclass(frozen=True)
+class AskCounts:
+    """Asks answered and refused so far, and the newest refusal's reason."""
+
+    answered: int
+    failed: int
+    last_error: str
+
+
+class AskService:
+    """Serves ``ask`` (``svlm_ros/srv/Ask``) and publishes every answer on ``answer``.
+
+    Args:
+        node: The lifecycle node that owns the service and the publisher.
+        streams: The cameras and the shared model.
+        values: The node's parameter values (``default_camera``, ``max_question_tokens``).
+        lifecycle_state: Returns the node's lifecycle state label (for refusals).
+    """
+
+    def __init__(
+        self,
+        node: LifecycleNode,
+        streams: Streams,
+        values: Mapping[str, Any],
+        lifecycle_state: Callable[[], str],
+    ) -> None:
+        self._node = node
+        self._lifecycle_state = lifecycle_state
+        self._streams = streams
+        self._values = values
+        self._lock = threading.Lock()
+        self._answered = 0
+        self._failed = 0
+        self._last_error = ""
+        self._publisher = node.create_lifecycle_publisher(AnswerMessage, "answer", 10)
+        # Deep request queue: concurrent asks wait here (served one at a time) instead of being
+        # dropped by a keep-last history of 10.
+        service_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=100,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        self.service = node.create_service(
+            Ask,
+            "ask",
+            self._on_ask,
+            qos_profile=service_qos,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+
+    def counts(self) -> AskCounts:
+        """The counters now (for the status)."""
+        with self._lock:
+            return AskCounts(self._answered, self._failed, self._last_error)
+
+    def _camera(self, name: str) -> CameraStream:
+        cameras = self._streams.cameras
+        name = name or self._values["default_camera"] or cameras[0].spec.name
+        camera = self._streams.camera(name)
+        if camera is None:
+            names = ", ".join(camera.spec.name for camera in cameras)
+            raise AskRefused(f"unknown camera {name!r}; cameras: {names}")
+        return camera
+
+    def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
+        started = time.monotonic()
+        question = request.question
+        streams = self._streams
+        try:
+            camera = self._camera(request.camera)
+            if not question.strip():
+                raise AskRefused("question is empty")
+            state = self._lifecycle_state()
+            if streams.loaded is None:
+                detail = f": {streams.error}" if streams.error else ""
+                raise AskRefused(f"model not loaded (state {state}){detail}")
+            if not streams.active:
+                raise AskRefused(f"narrator is not active (state {state}); activate it to ask")
+            budget = self._values["max_question_tokens"]
+            if len(question) > budget * MAX_QUESTION_CHARS_PER_TOKEN:
+                raise AskRefused(
+                    f"question is {len(question)} characters, far more than "
+                    f"max_question_tokens={budget} tokens"
+                )
+            with streams.model_lock:
+                session = camera.session
+                if session is None:
+                    raise AskRefused("model not loaded")
+                try:
+                    answer = session.ask(question)
+                except ValueError as error:  # empty, too long, nothing narrated yet
+                    raise AskRefused(f"camera {camera.spec.name}: {error}") from error
+                except GenerationInterrupted as error:
+                    raise AskRefused("the narrator is stopping; ask again later") from error
+        except AskRefused as refusal:
+            return self._refuse(response, str(refusal), started)
+        except Exception as error:  # noqa: BLE001 - an ask must always get a response
+            self._node.get_logger().error(f"ask failed: {type(error).__name__}: {error}")
+            return self._refuse(response, f"internal error: {error}", started)
+        response.success = True
+        response.answer = answer.text
+        response.message = ""
+        response.latency = float(time.monotonic() - started)
+        with self._lock:
+            self._answered += 1
+        published = AnswerMessage()
+        published.header.stamp = self._node.get_clock().now().to_msg()
+        published.header.frame_id = camera.frame_id
+        published.camera = camera.spec.name
+        published.question = question
+        published.answer = answer.text
+        published.stream_time = float(camera.stats.stream_time)
+        published.latency = response.latency
+        self._publisher.publish(published)
+        return response
+
+    def _refuse(self, response: Ask.Response, reason: str, started: float) -> Ask.Response:
+        response.success = False
+        response.answer = ""
+        response.message = reason
+        response.latency = float(time.monotonic() - started)
+        with self._lock:
+            self._failed += 1
+            self._last_error = reason
+        return response

@@ -1,0 +1,157 @@
+"""The narrator's cameras and the one model they share (plain Python + the engine, no rclpy).
+
+``Streams`` is the state every part of the node works on: the loaded model, one
+``StreamingSession`` per camera (``CameraStream``), the first-come-first-served lock that
+serializes all model work (rounds, asks, stream rebuilds), and whether the node is active.
+The ROS parts (camera intake, narration worker, ask service, status) each get this object
+and touch nothing else of each other.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping
+from typing import Any
+
+from svlm_ros.engine.model_loading import LoadedModel, load_model
+from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
+from svlm_ros.node import parameters as narrator_params
+from svlm_ros.node.fair_lock import FairLock
+from svlm_ros.node.parameters import CameraSpec
+from svlm_ros.node.stream_stats import CameraSnapshot, CameraStats
+
+
+class CameraStream:
+    """One camera: its configuration, counters and stream session.
+
+    Args:
+        spec: The camera as configured (name, topic, transport).
+    """
+
+    def __init__(self, spec: CameraSpec) -> None:
+        self.spec = spec
+        self.stats = CameraStats()
+        self.session: StreamingSession | None = None
+        self.frame_id = ""
+        # Frame size last checked against the vision input's limits (aspect ratio).
+        self.checked_size: tuple[int, int] | None = None
+
+    def snapshot(self, default_period: float) -> CameraSnapshot:
+        """The camera's counters now, with the current stream's sampler counts."""
+        session = self.session
+        if session is None:
+            return self.stats.snapshot(pending=0, overflowed=0, gap=0, period=default_period)
+        sampler = session.sampler
+        return self.stats.snapshot(
+            pending=sampler.pending,
+            overflowed=sampler.dropped_unconsumed,
+            gap=sampler.gap_seconds,
+            period=session.config.period,
+        )
+
+
+class Streams:
+    """The loaded model and every camera's stream, shared by the node's threads.
+
+    Args:
+        values: The node's parameter values (``{name: value}``); read, never written here.
+        logger: Anything with ``info``/``error`` methods (the node's logger).
+    """
+
+    def __init__(self, values: Mapping[str, Any], logger: Any) -> None:
+        self.values = values
+        self.logger = logger
+        self.cameras = [CameraStream(spec) for spec in narrator_params.camera_specs(values)]
+        self.loaded: LoadedModel | None = None
+        self.temporal_patch = narrator_params.DEFAULT_TEMPORAL_PATCH
+        # Rounds, asks and stream rebuilds take this lock, in arrival order.
+        self.model_lock = FairLock()
+        self.active = False
+        self.error = ""
+
+    def camera(self, name: str) -> CameraStream | None:
+        """The camera called ``name``, or None."""
+        return next((camera for camera in self.cameras if camera.spec.name == name), None)
+
+    def load(self) -> None:
+        """Load the model and give every camera a fresh stream.
+
+        Raises:
+            Exception: whatever loading raised (empty or wrong ``model_path``, settings whose
+                cache cannot fit, ...); nothing is kept then.
+        """
+        values = self.values
+        if not values["model_path"]:
+            raise ValueError("model_path is empty; set it to a checkpoint directory")
+        device = narrator_params.model_device(values["device"])
+        if values["torch_threads"] > 0:
+            import torch
+
+            torch.set_num_threads(values["torch_threads"])
+        self.logger.info(f"loading {values['model_path']} on {device}")
+        loaded = load_model(
+            values["model_path"],
+            device=device,
+            dtype=values["dtype"],
+            attn_implementation=values["attn_implementation"],
+        )
+        config = narrator_params.stream_config(values)
+        sessions = [StreamingSession(loaded, config) for _ in self.cameras]
+        self.loaded = loaded
+        self.temporal_patch = sessions[0].vision.temporal_patch
+        for camera, session in zip(self.cameras, sessions, strict=True):
+            camera.session = session
+        self.logger.info(
+            f"model {loaded.name} on {loaded.device} ({loaded.dtype}, "
+            f"{loaded.attn_implementation}); cache bound {sessions[0].bound} tokens per camera"
+        )
+
+    def interrupt(self) -> None:
+        """Make a round or answer in progress stop at its next token (from any thread)."""
+        for camera in self.cameras:
+            session = camera.session
+            if session is not None:
+                session.interrupt()
+
+    def replace_session(self, camera: CameraStream, config: StreamConfig) -> None:
+        """Give the camera a fresh stream (empty memory). Caller holds the model lock."""
+        old = camera.session
+        if self.loaded is None:
+            return
+        try:
+            camera.session = StreamingSession(self.loaded, config)
+        except ValueError as error:
+            self.logger.error(f"camera {camera.spec.name}: cannot rebuild stream: {error}")
+            return
+        camera.checked_size = None
+        if old is not None:
+            camera.stats.record_stream_restart(
+                old.sampler.dropped_unconsumed, old.sampler.gap_seconds
+            )
+
+    def rebuild(self, reason: str) -> None:
+        """Restart every camera's stream with the current parameter values."""
+        config = narrator_params.stream_config(self.values)
+        with self.model_lock:
+            for camera in self.cameras:
+                self.replace_session(camera, config)
+        self.logger.info(f"streams restarted ({reason})")
+
+    def unload(self) -> None:
+        """Drop the sessions and the model and free GPU memory (the worker must be stopped)."""
+        with self.model_lock:
+            cuda = self.loaded is not None and self.loaded.device.type == "cuda"
+            for camera in self.cameras:
+                if camera.session is not None:
+                    sampler = camera.session.sampler
+                    camera.stats.record_stream_restart(
+                        sampler.dropped_unconsumed, sampler.gap_seconds
+                    )
+                camera.session = None
+            self.loaded = None
+        gc.collect()
+        if cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+        self.logger.info("model unloaded")
