@@ -46,9 +46,11 @@ setup(
         "console_scripts": [
             "svlm-make-tiny = svlm_ros.engine.tiny_model:main",
             "svlm-bench = svlm_ros.engine.benchmark:main",
-            # These two need rclpy and the colcon-built interfaces at run time.
+            "svlm-sim = svlm_ros.sim.cli:main",  # writing bags needs rosbags ([train])
+            # These need rclpy and the colcon-built interfaces at run time.
             "narrator = svlm_ros.node.narrator:main",
             "svlm-ask = svlm_ros.node.ask_client:main",
+            "sim_camera = svlm_ros.node.sim_camera:main",
         ],
     },
 )
