@@ -25,11 +25,19 @@ class CachePolicyConfig:
         text_sink_tokens: First tokens of the ``previous text`` block that are never dropped.
         text_window_tokens: Most recent tokens of the ``previous text`` block that are kept.
         vision_window_seconds: Rounds (seconds) kept whole, newest included.
+        attention_sink: Keep the sink (system prompt and instruction) for the whole stream.
+            False evicts it with the first eviction: only for the "sliding window without
+            sinks" ablation.
+        contiguous_positions: Re-position retained tokens gap-free after every eviction.
+            False keeps each token's original position, so positions grow with the stream:
+            only for the "native positions" ablation.
     """
 
     text_sink_tokens: int = 512
     text_window_tokens: int = 512
     vision_window_seconds: int = 16
+    attention_sink: bool = True
+    contiguous_positions: bool = True
 
     def __post_init__(self):
         if self.text_sink_tokens < 0 or self.text_window_tokens < 0:
@@ -203,6 +211,7 @@ class StreamingCachePolicy:
             return EvictionPlan(kept, torch.zeros_like(kept), 0)
         rounds = min(rounds, len(self.rounds))
         sink_end = self.sink_tokens
+        kept_sink = sink_end if self.config.attention_sink else 0
         text_end = sink_end + self.previous_text_tokens
         previous_text = list(range(sink_end, text_end))
         cursor = text_end
@@ -216,19 +225,23 @@ class StreamingCachePolicy:
         remaining_rounds_start = cursor
         kept = torch.cat(
             [
-                torch.arange(sink_end),
+                torch.arange(kept_sink),
                 torch.tensor(previous_text, dtype=torch.long),
                 torch.arange(remaining_rounds_start, self.length),
             ]
         )
-        new_positions = self._contiguous_positions(
-            kept, sink_end, len(previous_text), self.rounds[rounds:]
-        )
+        if self.config.contiguous_positions:
+            new_positions = self._contiguous_positions(
+                kept, kept_sink, len(previous_text), self.rounds[rounds:]
+            )
+        else:
+            new_positions = self.positions[:, kept]
         shift = new_positions[0] - self.positions[0, kept]
         evicted = self.length - kept.numel()
         self.token_ids = self.token_ids[kept]
         self.positions = new_positions
         self.previous_text_tokens = len(previous_text)
+        self.sink_tokens = kept_sink
         del self.rounds[:rounds]
         self.evicted_rounds += rounds
         return EvictionPlan(kept, shift, evicted)

@@ -109,3 +109,35 @@ def test_config_is_validated():
         CachePolicyConfig(vision_window_seconds=0)
     with pytest.raises(ValueError, match="text_sink_tokens"):
         CachePolicyConfig(text_sink_tokens=-1)
+
+
+def test_ablation_without_attention_sink_evicts_the_sink_once():
+    policy = make_policy(vision_window_seconds=2, text_sink_tokens=0, text_window_tokens=6,
+                         attention_sink=False)
+    for index in range(2):
+        run_round(policy, index, [10 + index] * 3)
+    assert policy.token_ids[:SINK].tolist() == list(range(-100, -100 + SINK))
+    plan = run_round(policy, 2, [12] * 3)
+    assert plan.evicted_tokens > 0 and policy.sink_tokens == 0
+    assert not bool((policy.token_ids < -7).any()), "sink tokens survived the eviction"
+    assert policy.token_ids[:3].tolist() == [10] * 3  # previous text now leads the cache
+    for index in range(3, 8):
+        run_round(policy, index, [10 + index] * 3)
+    assert policy.previous_text_tokens == 6
+    check_positions_contiguous(policy)
+
+
+def test_ablation_with_native_positions_keeps_positions_growing():
+    native = make_policy(vision_window_seconds=2, text_sink_tokens=2, text_window_tokens=2,
+                         contiguous_positions=False)
+    contiguous = make_policy(vision_window_seconds=2, text_sink_tokens=2, text_window_tokens=2)
+    for index in range(12):
+        native_plan = run_round(native, index, [10 + index] * 3)
+        contiguous_plan = run_round(contiguous, index, [10 + index] * 3)
+        assert torch.equal(native_plan.kept_index, contiguous_plan.kept_index)
+        assert not bool(native_plan.shift.any())  # nothing is ever moved
+    assert torch.equal(native.token_ids, contiguous.token_ids)  # the same tokens are kept
+    check_positions_contiguous(contiguous)
+    # Natively, the newest token sits where it would with nothing evicted: far beyond.
+    assert native.next_position > contiguous.next_position + 8 * (2 * PROMPT_TEXT + 3 + 2)
+    assert not torch.equal(native.positions, contiguous.positions)
