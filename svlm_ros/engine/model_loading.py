@@ -7,13 +7,14 @@ real checkpoint directory and the tiny one from ``svlm-make-tiny`` load identica
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from svlm_ros.engine.attention import WINDOWED_SDPA, flash_attn_available, use_vision_attention
 
 #: ``config.model_type`` values whose position scheme and cache layout this engine implements.
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
@@ -31,6 +32,7 @@ class LoadedModel:
     dtype: torch.dtype
     attn_implementation: str
     path: str
+    vision_attn_implementation: str = ""
 
     @property
     def tokenizer(self):
@@ -69,22 +71,43 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_attention(attn_implementation: str, device: torch.device, dtype: torch.dtype) -> str:
-    """``auto`` picks FlashAttention-2 when it is importable, on CUDA, in half precision."""
+    """The language model's kernel: ``auto`` is ``sdpa``.
+
+    Not FlashAttention-2 even where flash-attn is installed: the fixed-shape (CUDA-graph)
+    decode attends over the whole preallocated cache with a mask, which flash-attn cannot take,
+    and the prefill gets FlashAttention-2 anyway through SDPA's FLASH backend. An explicit
+    ``flash_attention_2`` is honoured (the decode then runs eager).
+    """
     if attn_implementation not in ATTENTION_CHOICES:
         raise ValueError(
             f"attn_implementation must be one of {ATTENTION_CHOICES}, got {attn_implementation!r}"
         )
-    flash_available = importlib.util.find_spec("flash_attn") is not None
     half = dtype in (torch.bfloat16, torch.float16)
     if attn_implementation == "auto":
-        use_flash = flash_available and device.type == "cuda" and half
-        return "flash_attention_2" if use_flash else "sdpa"
+        return "sdpa"
     if attn_implementation == "flash_attention_2":
-        if not flash_available:
-            raise ValueError("attn_implementation 'flash_attention_2' needs the flash-attn package")
+        if not flash_attn_available():
+            raise ValueError(
+                "attn_implementation 'flash_attention_2' needs the flash-attn package "
+                "(no binary wheel on PyPI: see the README's GPU section)"
+            )
         if device.type != "cuda" or not half:
             raise ValueError("flash_attention_2 runs only on CUDA in bfloat16 or float16")
     return attn_implementation
+
+
+def resolve_vision_attention(text_attention: str, device: torch.device, dtype: torch.dtype
+                             ) -> str:
+    """The vision tower's kernel: its window attention as one varlen call per layer.
+
+    FlashAttention-2 (varlen) where flash-attn is installed and usable, else ``WINDOWED_SDPA``
+    (the windows as one padded SDPA batch); ``eager`` stays eager (the slow reference).
+    """
+    if text_attention == "eager":
+        return "eager"
+    usable_flash = (flash_attn_available() and device.type == "cuda"
+                    and dtype in (torch.bfloat16, torch.float16))
+    return "flash_attention_2" if usable_flash else WINDOWED_SDPA
 
 
 def read_model_type(path: str | Path) -> str:
@@ -128,12 +151,16 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     attention = resolve_attention(attn_implementation, torch_device, torch_dtype)
+    vision_attention = resolve_vision_attention(attention, torch_device, torch_dtype)
     processor = AutoProcessor.from_pretrained(path)
+    # device_map: the weights go from the files straight to the device (not through a full
+    # copy in host RAM first).
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=torch_dtype, attn_implementation=attention
+        path, dtype=torch_dtype, attn_implementation=attention, device_map=torch_device
     )
-    model.to(torch_device).eval()
+    model.to(torch_device).eval()  # a no-op when device_map placed everything
     model.requires_grad_(False)
+    use_vision_attention(model, vision_attention)
     return LoadedModel(
         model=model,
         processor=processor,
@@ -141,4 +168,5 @@ def load_model(
         dtype=torch_dtype,
         attn_implementation=attention,
         path=str(path),
+        vision_attn_implementation=vision_attention,
     )

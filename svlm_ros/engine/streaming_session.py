@@ -33,8 +33,8 @@ from svlm_ros.engine.prompt_format import (
     time_text,
 )
 from svlm_ros.engine.rotary_shift import rotary_inverse_frequencies
-from svlm_ros.engine.static_decode import DECODE_PATHS, StaticDecoder, resolve_decode_path
 from svlm_ros.engine.round_layout import RenderedTokens, RoundLayout, VideoGrid
+from svlm_ros.engine.static_decode import DECODE_PATHS, StaticDecoder, resolve_decode_path
 from svlm_ros.engine.vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
 
 

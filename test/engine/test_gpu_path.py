@@ -1,0 +1,270 @@
+"""The GPU path's pieces, checked on the CPU: the same code with another decode path / kernel.
+
+* the fixed-shape decode step (``static``; ``compiled`` = the same step through inductor, which
+  on CUDA is captured as CUDA graphs) equals the eager path: texts, logits, ``ask``, rollback;
+* the exactness tests (recomputation after evictions) pass with the fixed-shape step;
+* device-side token choice equals the host reference ``TokenChooser`` for the same seed;
+* the vision tower's windowed attention in one SDPA call equals the stock per-window tower;
+* the cache is allocated at build and refused clearly when it exceeds FREE memory.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import test_engine_exactness as exactness
+import test_engine_reference as reference
+import torch
+from engine_helpers import SyntheticCamera, make_loaded, small_config, stream
+from test_engine_invariants import assert_same_snapshot, snapshot
+
+from svlm_ros.engine.attention import WINDOWED_SDPA, use_vision_attention
+from svlm_ros.engine.decoding import SamplingConfig, TokenChooser
+from svlm_ros.engine.device_sampling import DeviceTokenChooser
+from svlm_ros.engine.static_decode import resolve_decode_path
+from svlm_ros.engine.streaming_session import GenerationInterrupted, StreamingSession
+from svlm_ros.engine.vision_input import VisionInput
+
+SAMPLED = SamplingConfig(temperature=0.9, top_p=0.9, repetition_penalty=1.05, seed=3)
+GREEDY = SamplingConfig(temperature=0.0, repetition_penalty=1.05)
+
+
+@pytest.fixture(scope="module")
+def one_layer(tmp_path_factory):
+    return make_loaded(tmp_path_factory.mktemp("models"), layers=1)
+
+
+@pytest.fixture(scope="module")
+def two_layer(tmp_path_factory):
+    return make_loaded(tmp_path_factory.mktemp("models"), layers=2)
+
+
+def _narrate(loaded, decode_path: str, sampling: SamplingConfig, seconds: float = 7.5):
+    """A stream with evictions and a question in the middle; texts, last logits, answer."""
+    session = StreamingSession(loaded, small_config(window=2, decode_path=decode_path,
+                                                    sampling=sampling), record_logits=True)
+    camera = SyntheticCamera(seed=2)
+    texts = [r.text for r in stream(session, camera, seconds / 2)]
+    answer = session.ask("What is on the table?").text
+    texts += [r.text for r in stream(session, camera, seconds / 2)]
+    return session, texts, session.last_round_logits, answer
+
+
+# ----- fixed-shape decode equals eager ---------------------------------------------------------
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_static_decode_equals_eager(two_layer, sampling):
+    eager, eager_texts, eager_logits, eager_answer = _narrate(two_layer, "eager", sampling)
+    static, static_texts, static_logits, static_answer = _narrate(two_layer, "static", sampling)
+    assert static.decode_path == "static" and eager.decode_path == "eager"
+    assert static.policy.evicted_rounds > 0  # compaction happened under the fixed-shape step
+    assert static_texts == eager_texts
+    assert static_answer == eager_answer
+    assert len(static_logits) == len(eager_logits) > 1
+    for a, b in zip(static_logits, eager_logits, strict=True):
+        assert (a - b).abs().max().item() < 1e-4
+    # The same tokens at the same positions; keys and values equal up to summation order (the
+    # fixed-shape step attends over the capacity: masked slots add exact zeros, in another order).
+    eager_layers, *eager_policy = snapshot(eager)
+    static_layers, *static_policy = snapshot(static)
+    assert torch.equal(eager_policy[0], static_policy[0])
+    assert torch.equal(eager_policy[1], static_policy[1]) and eager_policy[2:] == static_policy[2:]
+    for (k0, v0), (k1, v1) in zip(eager_layers, static_layers, strict=True):
+        assert torch.allclose(k0, k1, atol=1e-5) and torch.allclose(v0, v1, atol=1e-5)
+
+
+def test_compiled_decode_equals_eager(two_layer):
+    """The step through torch.compile (inductor on the CPU; CUDA graphs on CUDA)."""
+    _, eager_texts, eager_logits, eager_answer = _narrate(two_layer, "eager", SAMPLED)
+    compiled, texts, logits, answer = _narrate(two_layer, "compiled", SAMPLED)
+    assert compiled.decode_path == "compiled"
+    assert texts == eager_texts and answer == eager_answer
+    for a, b in zip(logits, eager_logits, strict=True):
+        assert (a - b).abs().max().item() < 1e-4
+
+
+@pytest.fixture
+def static_exactness(monkeypatch):
+    """Make the exactness and reference tests build their sessions on the fixed-shape path."""
+    def static_config(*args, **overrides):
+        return small_config(*args, decode_path="static", **overrides)
+
+    for module in (exactness, reference):
+        monkeypatch.setattr(module, "small_config", static_config)
+    built = []
+    real_init = StreamingSession.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        built.append(self.decode_path)
+
+    monkeypatch.setattr(StreamingSession, "__init__", init)
+    yield built
+    assert built and set(built) == {"static"}, built
+
+
+def test_exactness_no_eviction_with_static_decode(two_layer, static_exactness):
+    exactness.test_no_eviction_streaming_equals_full_forward(two_layer)
+
+
+@pytest.mark.parametrize("window,text_sink,text_window,sizes", [
+    (1, 0, 0, [(96, 128)]),
+    (3, 6, 10, [(96, 128), (64, 64), (200, 300)]),
+])
+def test_exactness_after_evictions_with_static_decode(one_layer, static_exactness, window,
+                                                      text_sink, text_window, sizes):
+    exactness.test_after_evictions_one_layer_equals_fresh_forward_on_retained(
+        one_layer, window, text_sink, text_window, sizes)
+
+
+def test_exactness_after_ask_with_static_decode(one_layer, static_exactness):
+    exactness.test_after_ask_one_layer_still_equals_fresh_forward(one_layer)
+
+
+def test_deep_reference_with_static_decode(static_exactness, tmp_path):
+    """Three layers against the independent unrotated reference, through evictions."""
+    three_layer = make_loaded(tmp_path, layers=3, seed=3)
+    reference.test_deep_model_equals_unrotated_reference_through_evictions(three_layer, 2, 4, 6)
+
+
+# ----- rollback and interrupt on the fixed-shape path -------------------------------------------
+def test_static_decode_interrupt_and_failure_roll_back(two_layer, monkeypatch):
+    session = StreamingSession(two_layer, small_config(window=2, decode_path="static",
+                                                       max_new_tokens=12,
+                                                       max_answer_tokens=50))
+    camera = SyntheticCamera(seed=3)
+    stream(session, camera, 3.5)
+    before = snapshot(session)
+    steps = []
+    real_step = session.static_decoder.step
+
+    def step_then_interrupt(token, position):
+        steps.append(1)
+        if len(steps) == 3:
+            session.interrupt()
+        return real_step(token, position)
+
+    monkeypatch.setattr(session.static_decoder, "step", step_then_interrupt)
+    with pytest.raises(GenerationInterrupted):
+        session.ask("what is there?")
+    assert len(steps) == 3
+    assert_same_snapshot(before, snapshot(session))
+
+    def failing_step(token, position):
+        real_step(token, position)  # the slot is written, then the device fails
+        raise RuntimeError("simulated out of memory")
+
+    monkeypatch.setattr(session.static_decoder, "step", failing_step)
+    second = None
+    for image, stamp in camera.frames(1.0):
+        session.add_frame(image, stamp)
+        second = second or session.sampler.pop_ready()[0]
+    with pytest.raises(RuntimeError, match="simulated"):
+        session.run_round(second)
+    assert session.cache.length == session.policy.length
+    monkeypatch.setattr(session.static_decoder, "step", real_step)
+    assert stream(session, camera, 2.0)  # the stream goes on
+
+
+# ----- token choice on the device ---------------------------------------------------------------
+@pytest.mark.parametrize("sampling", [
+    SamplingConfig(temperature=0.0, repetition_penalty=1.0),
+    SamplingConfig(temperature=0.0, repetition_penalty=1.3),
+    SamplingConfig(temperature=0.9, top_p=1.0, repetition_penalty=1.05, seed=7),
+    SamplingConfig(temperature=1.3, top_p=0.8, repetition_penalty=1.2, seed=11),
+    SamplingConfig(temperature=0.5, top_p=0.5, repetition_penalty=1.0, seed=0),
+], ids=["greedy", "greedy-penalty", "temperature", "top-p-penalty", "top-p"])
+def test_device_token_choice_equals_host_reference(sampling):
+    vocab, banned = 300, [5, 17, 299]
+    host = TokenChooser(sampling, torch.device("cpu"), banned)
+    device = DeviceTokenChooser(sampling, torch.device("cpu"), vocab, banned)
+    generator = torch.Generator().manual_seed(1)
+    context = torch.randint(0, vocab, (40,), generator=generator)
+    device.start(context)
+    chosen = []
+    for _ in range(200):
+        # Peaked logits with repeats among the top ids: penalty and top-p both matter.
+        logits = torch.randn(vocab, generator=generator) * 3
+        expected = host.choose(logits, torch.cat([context, torch.tensor(chosen, dtype=torch.long)]))
+        token = device.choose(logits)
+        assert token.shape == (1,) and token.dtype == torch.long
+        assert int(token) == expected
+        assert expected not in banned
+        chosen.append(expected)
+    assert len(set(chosen)) > 5  # not a degenerate stream
+
+
+def test_device_scores_are_bit_identical_to_transformers_processors():
+    sampling = SamplingConfig(temperature=0.7, top_p=0.6, repetition_penalty=1.1)
+    host = TokenChooser(sampling, torch.device("cpu"), [3])
+    device = DeviceTokenChooser(sampling, torch.device("cpu"), 64, [3])
+    logits = torch.randn(64, generator=torch.Generator().manual_seed(0)) * 4
+    context = torch.tensor([1, 2, 2, 9, 40])
+    device.start(context)
+    expected = logits.float()[None].clone()
+    expected[0, host.banned_ids] = float("-inf")
+    expected = host.processors(context[None], expected)[0]
+    assert torch.equal(device.scores(logits), expected)
+
+
+# ----- vision tower: windows in one call --------------------------------------------------------
+@pytest.mark.parametrize("frame", [(720, 1280), (500, 700), (96, 128)])
+def test_windowed_vision_attention_equals_stock_tower(one_layer, frame):
+    model = one_layer.model
+    vision = VisionInput(one_layer.processor, max_pixels=602112, min_pixels=28 * 28, fps=2)
+    rng = np.random.default_rng(0)
+    block = vision.prepare([rng.integers(0, 256, (*frame, 3), dtype=np.uint8)
+                            for _ in range(2)])
+    assert one_layer.vision_attn_implementation == WINDOWED_SDPA
+    try:
+        with torch.inference_mode():
+            windowed = model.model.visual(block.pixel_values, grid_thw=block.grid_thw)
+            use_vision_attention(model, "sdpa")  # transformers' own: one call per window
+            stock = model.model.visual(block.pixel_values, grid_thw=block.grid_thw)
+    finally:
+        use_vision_attention(model, WINDOWED_SDPA)
+    assert (windowed.pooler_output - stock.pooler_output).abs().max().item() < 1e-5
+    assert stock.pooler_output.abs().max().item() > 1e-3
+
+
+# ----- options and memory -----------------------------------------------------------------------
+def test_decode_path_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_decode_path("auto", cpu, "sdpa") == "eager"
+    assert resolve_decode_path("auto", cuda, "sdpa") == "compiled"
+    assert resolve_decode_path("auto", cuda, "flash_attention_2") == "eager"
+    assert resolve_decode_path("static", cpu, "eager") == "static"
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        resolve_decode_path("compiled", cuda, "flash_attention_2")
+    with pytest.raises(ValueError, match="decode_path"):
+        resolve_decode_path("graphs", cpu, "sdpa")
+    with pytest.raises(ValueError, match="decode_path"):
+        small_config(decode_path="fast")
+
+
+def test_cache_is_allocated_at_build(two_layer):
+    session = StreamingSession(two_layer, small_config())
+    keys, values = session.cache.buffers()
+    text = two_layer.model.config.get_text_config()
+    assert len(keys) == text.num_hidden_layers
+    assert keys[0].shape[2] == values[0].shape[2] == session.bound
+    assert keys[0].dtype == two_layer.dtype and session.cache.length == 0
+    total = sum(k.numel() * k.element_size() + v.numel() * v.element_size()
+                for k, v in zip(keys, values, strict=True))
+    assert total == session.cache_bytes()
+
+
+def test_cache_larger_than_free_memory_is_refused(two_layer, monkeypatch):
+    import psutil
+
+    needed = StreamingSession(two_layer, small_config()).cache_bytes()
+    real = psutil.virtual_memory()
+    # Plenty of total memory but little of it available: the check must use what is free.
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(
+        total=real.total, available=needed - 1))
+    with pytest.raises(ValueError, match=r"needs .* GiB .* free on cpu"):
+        StreamingSession(two_layer, small_config())
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(
+        total=real.total, available=needed))
+    StreamingSession(two_layer, small_config())
