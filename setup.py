@@ -23,7 +23,13 @@ def package_xml_version() -> str:
 setup(
     name="svlm_ros",
     version=package_xml_version(),
-    packages=find_packages(include=["svlm_ros", "svlm_ros.*"]),
+    packages=find_packages(include=["svlm_ros", "svlm_ros.*"])
+    + find_packages("training", include=["svlm_training", "svlm_training.*"]),
+    # The SFT package lives in training/ at the top level, beside the ROS package.
+    package_dir={"svlm_training": "training/svlm_training"},
+    # svlm_training reads bags with svlm_ros/msg/Narration messages without ROS: ship the
+    # definition where a ROS install keeps it (share/svlm_ros/msg under the prefix).
+    data_files=[("share/svlm_ros/msg", ["msg/Narration.msg"])],
     python_requires=">=3.10",
     install_requires=[
         "torch",
@@ -38,7 +44,7 @@ setup(
         "psutil",
     ],
     extras_require={
-        "train": ["rosbags"],
+        "train": ["rosbags", "peft", "pyarrow", "matplotlib", "sacrebleu", "safetensors"],
         "ros": ["cv-bridge"],
         "test": ["pytest", "pytest-timeout", "ruff"],
     },
@@ -46,6 +52,11 @@ setup(
         "console_scripts": [
             "svlm-make-tiny = svlm_ros.engine.tiny_model:main",
             "svlm-bench = svlm_ros.engine.benchmark:main",
+            # Training (pip install .[train]); no ROS needed.
+            "svlm-bag2dataset = svlm_training.bag2dataset:main",
+            "svlm-train = svlm_training.trainer:main",
+            "svlm-export = svlm_training.export:main",
+            "svlm-eval = svlm_training.evaluation:main",
             "svlm-sim = svlm_ros.sim.cli:main",  # writing bags needs rosbags ([train])
             # These need rclpy and the colcon-built interfaces at run time.
             "narrator = svlm_ros.node.narrator:main",

@@ -1,0 +1,110 @@
+"""Process-group setup for ``svlm-train``: one process, or many under ``torchrun``.
+
+``torchrun --nproc_per_node=N [--nnodes=M --node_rank=R --rdzv_endpoint=HOST:PORT] ...`` sets
+``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; without them the script is a single process and no
+process group is made. GPUs use NCCL (one GPU per process: the local rank's), the CPU uses gloo.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits.
+
+    Attributes:
+        rank: Global rank (0 for a single process).
+        world_size: Processes in the job.
+        local_rank: Rank on this node (selects the GPU).
+        device: This process's device.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes logs, checkpoints and the export."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str = "auto") -> DistributedContext:
+    """Join the torchrun job if there is one, and pick this process's device.
+
+    Args:
+        device: ``auto`` (the local rank's GPU if CUDA is present, else the CPU), ``cpu``, or
+            ``cuda`` / ``cuda:N`` (under torchrun the local rank's GPU is used either way).
+
+    Raises:
+        ValueError: CUDA requested but absent, or more processes on a node than GPUs.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here")
+        if world_size > 1 or device in ("auto", "cuda"):
+            if local_rank >= torch.cuda.device_count():
+                raise ValueError(
+                    f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} on this "
+                    "node; lower --nproc_per_node"
+                )
+            torch_device = torch.device("cuda", local_rank)
+        else:
+            torch_device = torch.device(device)
+        torch.cuda.set_device(torch_device)
+    else:
+        torch_device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch_device.type == "cuda" else "gloo"
+        kwargs = {"device_id": torch_device} if torch_device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    return DistributedContext(rank, world_size, local_rank, torch_device)
+
+
+def all_reduce_sum(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """The sum of ``value`` over all processes (``value`` itself for one process)."""
+    if context.distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.distributed:
+        dist.barrier()
+
+
+def broadcast_object(value, context: DistributedContext):
+    """Rank 0's ``value`` on every process."""
+    if not context.distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def no_sync(model, context: DistributedContext, sync: bool):
+    """DDP's ``no_sync`` for micro-steps whose gradients are only accumulated."""
+    if context.distributed and not sync:
+        return model.no_sync()
+    return nullcontext()
+
+
+def cleanup(context: DistributedContext) -> None:
+    if context.distributed and dist.is_initialized():
+        dist.destroy_process_group()

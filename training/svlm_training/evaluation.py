@@ -1,0 +1,253 @@
+"""``svlm-eval``: replay a bag through the streaming engine and score its narration.
+
+    svlm-eval --bag BAG --model runs/kitchen/model --image-topic /camera/image_raw \\
+        --text-topic /commentary --out eval/kitchen
+
+The bag's frames go, with their stamps, into the engine's own ``StreamingSession`` (the very
+class the node runs: same sampler, cache policy and prompt), and every completed second is
+narrated. Time is stream time (the stamps), not the wall clock: no second is skipped however
+slow the model is, and ``latency`` is the model's time for that round; the node keeps up with a
+live camera when it stays below the period.
+
+Writes (under a temporary name, renamed at the end) into ``--out``:
+
+    transcript.jsonl   one line per second: second, end, text, silent, latency (s),
+                       generated_tokens, cache_tokens, and with --text-topic: reference, chrf
+    scores.json        chrF (sacrebleu), silence agreement, latency figures, settings
+    eval.png           per-second chrF and step latency over stream time
+
+References are aligned exactly as ``svlm-bag2dataset`` aligns training text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from svlm_ros.engine.cache_policy import CachePolicyConfig
+from svlm_ros.engine.decoding import SamplingConfig
+from svlm_ros.engine.frame_sampler import FrameRejected
+from svlm_ros.engine.model_loading import load_model
+from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
+from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
+from svlm_ros.image_conversion import ImageRejected
+from svlm_training.alignment import SecondAligner, StampsOutOfOrder
+from svlm_training.bag2dataset import STAMP_CHOICES, read_text_events, resolve_stamps
+from svlm_training.bag_reading import (
+    IMAGE_TYPES,
+    TEXT_TYPES,
+    BagError,
+    BagSource,
+    header_stamp,
+    make_typestore,
+    message_to_rgb,
+)
+from svlm_training.plots import plot_evaluation
+from svlm_training.scoring import score_transcript, second_chrf
+
+
+def stream_config(args) -> StreamConfig:
+    """The engine settings of an evaluation (they should match the node's)."""
+    return StreamConfig(
+        fps=args.fps,
+        period=args.period,
+        max_pixels=args.max_pixels,
+        min_pixels=args.min_pixels,
+        max_new_tokens=args.max_new_tokens,
+        system_prompt=args.system_prompt,
+        instruction=args.instruction,
+        cache=CachePolicyConfig(
+            text_sink_tokens=args.text_sink_tokens,
+            text_window_tokens=args.text_window_tokens,
+            vision_window_seconds=args.vision_window_seconds,
+        ),
+        sampling=SamplingConfig(temperature=args.temperature, seed=args.seed),
+        # Offline replay: every completed second is narrated, none is dropped as stale.
+        max_pending_seconds=1 << 20,
+    )
+
+
+def evaluate(args) -> dict:
+    """Replay, narrate, score and write the outputs; returns ``scores.json``'s content."""
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    typestore = make_typestore()
+    with BagSource(args.bag, typestore) as bag:
+        image_type = bag.check_topic(args.image_topic, IMAGE_TYPES, "image")
+        text_type = None
+        events = []
+        if args.text_topic:
+            text_type = bag.check_topic(args.text_topic, TEXT_TYPES, "text")
+        # Without a text topic only the image topic decides.
+        stamps = resolve_stamps(args.stamps, image_type, text_type or image_type)
+        if args.text_topic:
+            events = read_text_events(bag, args.text_topic, text_type, stamps, args.period)
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+        session = StreamingSession(loaded, stream_config(args))
+        # The same sampling as the session's, only to label each second with its reference.
+        aligner = SecondAligner(events, fps=args.fps, period=args.period)
+        references: dict[float, str] = {}
+        rows: list[dict] = []
+        rejected = 0
+        started = time.perf_counter()
+        progress = tqdm(total=bag.message_count(args.image_topic), unit="frame",
+                        desc="svlm-eval", disable=args.quiet)
+        with progress:
+            for item in bag.messages(args.image_topic):
+                progress.update()
+                stamp = item.receive_time if stamps == "receive" else header_stamp(item.message)
+                if stamp is None:
+                    raise BagError(f"{bag.path}: image message {item.index} has a zero header "
+                                   "stamp; use --stamps receive")
+                try:
+                    image = message_to_rgb(item.message, image_type)
+                    for second in aligner.add(stamp, image):
+                        references[second.start] = second.text
+                    session.add_frame(image, stamp)
+                except StampsOutOfOrder as error:
+                    raise BagError(f"{bag.path}: stamps out of order on "
+                                   f"{args.image_topic!r}: {error}") from error
+                except (ImageRejected, FrameRejected):
+                    rejected += 1
+                    continue
+                while True:
+                    result, _ = session.run_pending()
+                    if result is None:
+                        break
+                    row = {
+                        "second": result.start,
+                        "end": result.end,
+                        "text": result.text,
+                        "silent": result.silent,
+                        "latency": result.timings_ms["total"] / 1e3,
+                        "generated_tokens": result.generated_tokens,
+                        "cache_tokens": result.cache_tokens,
+                    }
+                    if args.text_topic:
+                        row["reference"] = references.get(result.start, "")
+                        row["chrf"] = second_chrf(result.text, row["reference"])
+                    rows.append(row)
+                    progress.set_postfix(seconds=len(rows), refresh=False)
+                if args.max_seconds and len(rows) >= args.max_seconds:
+                    break
+        wall = time.perf_counter() - started
+    if not rows:
+        raise BagError(f"{args.bag}: no complete second was narrated ({rejected} frames rejected)")
+    latencies = [row["latency"] for row in rows]
+    scores = {
+        "bag": str(args.bag),
+        "model": str(args.model),
+        "seconds": len(rows),
+        "silent_share": sum(row["silent"] for row in rows) / len(rows),
+        "latency_median": statistics.median(latencies),
+        "latency_max": max(latencies),
+        "real_time_factor": statistics.median(latencies) / args.period,
+        "frames_rejected": rejected,
+        "wall_seconds": wall,
+        "stamps": stamps,
+        "settings": asdict(stream_config(args)),
+    }
+    if args.text_topic:
+        scores.update(score_transcript([r["text"] for r in rows], [r["reference"] for r in rows]))
+    _write_outputs(out, rows, scores)
+    return scores
+
+
+def _write_outputs(out: Path, rows: list[dict], scores: dict) -> None:
+    tmp = out.parent / f".{out.name}.incomplete-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with (tmp / "transcript.jsonl").open("w", encoding="utf-8") as stream:
+            for row in rows:
+                stream.write(json.dumps(row) + "\n")
+        (tmp / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n",
+                                         encoding="utf-8")
+        plot_evaluation(rows, tmp / "eval.png")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def format_summary(scores: dict, out: str) -> str:
+    lines = [
+        f"svlm-eval: {scores['seconds']} seconds narrated, results in {out}",
+        f"  silent share {scores['silent_share']:.2f}; step latency median "
+        f"{scores['latency_median'] * 1e3:.0f} ms, max {scores['latency_max'] * 1e3:.0f} ms "
+        f"(real-time factor {scores['real_time_factor']:.2f}); {scores['frames_rejected']} "
+        "frames rejected",
+    ]
+    if "chrf" in scores:
+        lines.append(f"  chrF {scores['chrf']:.1f} over {scores['reference_spoken_seconds']} "
+                     f"spoken reference seconds; silence agreement "
+                     f"{scores['silence_agreement']:.2f}  [{scores['chrf_signature']}]")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="svlm-eval",
+        description="Replay a bag through the streaming engine (stream time, no ROS), write the "
+                    "transcript and, with reference text, score it (chrF, silence agreement).",
+    )
+    p.add_argument("--bag", required=True, help="rosbag2 bag directory or .db3/.mcap file")
+    p.add_argument("--model", required=True, help="model directory (e.g. svlm-train's OUT/model)")
+    p.add_argument("--image-topic", required=True, help="Image or CompressedImage topic")
+    p.add_argument("--text-topic", default=None,
+                   help="String or Narration topic with reference text (optional)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--stamps", choices=STAMP_CHOICES, default="auto",
+                   help="as svlm-bag2dataset (default auto)")
+    p.add_argument("--max-seconds", type=int, default=0,
+                   help="stop after this many narrated seconds (default 0: the whole bag)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 is greedy, reproducible (default 0; the node "
+                        "narrates with 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--fps", type=float, default=2.0, help="as the node (default 2)")
+    p.add_argument("--period", type=float, default=1.0, help="as the node (default 1)")
+    p.add_argument("--max-pixels", type=int, default=602112, help="as the node (default 602112)")
+    p.add_argument("--min-pixels", type=int, default=78400, help="as the node (default 78400)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="as the node (default 20)")
+    p.add_argument("--text-sink-tokens", type=int, default=512, help="as the node (default 512)")
+    p.add_argument("--text-window-tokens", type=int, default=512,
+                   help="as the node (default 512)")
+    p.add_argument("--vision-window-seconds", type=int, default=16,
+                   help="as the node (default 16)")
+    p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT, help="as the node")
+    p.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="as the node")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``svlm-eval``."""
+    args = build_parser().parse_args(argv)
+    try:
+        scores = evaluate(args)
+    except (BagError, FileExistsError, ValueError) as error:
+        print(f"svlm-eval: error: {error}", file=sys.stderr)
+        return 1
+    print(format_summary(scores, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
