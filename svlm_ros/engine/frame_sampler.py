@@ -1,9 +1,16 @@
 """Turn a camera stream at any rate into whole seconds of ``fps`` frames each.
 
 Thread-safe: a camera callback calls ``add`` (cheap: validation and, for a sampled frame, one
-reference kept) while the worker thread calls ``pop_ready``. Time is the frames' own stamps
-(the camera clock or simulated time), never the wall clock, so replayed bags and simulation
-narrate their own time.
+reference kept) or ``offer`` (the same, decoding only a frame that will be kept) while the
+worker thread calls ``close_until`` and ``pop_ready``. Time is the frames' own stamps (the
+camera clock or simulated time), never the wall clock, so replayed bags and simulation narrate
+their own time.
+
+A period is complete when a frame of a later period arrives, or when the consumer says that
+its end has passed (``close_until``: the node extrapolates the camera clock from the newest
+frame, so the last second before a stall, or at the end of a stream, is narrated on time).
+A frame whose period was already closed that way arrives too late to be seen: it is dropped
+and counted (``late_frames``).
 
 Documented recoveries:
   * a stamp earlier than the newest accepted one is rejected (``FrameRejected``); the stream
@@ -25,6 +32,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,6 +112,7 @@ class FrameSampler:
             self.gap_seconds = 0
             self.dropped_unconsumed = 0
             self.sampled_frames = 0
+            self.late_frames = 0
             self._start_stream()
 
     def _start_stream(self) -> None:
@@ -114,6 +123,8 @@ class FrameSampler:
         self._ready: deque[SecondOfFrames] = deque()
         self._backward_run = 0
         self._backward_last: float | None = None
+        # Periods before this index are closed (queued) or counted as gaps.
+        self._accounted = 0
 
     def add(self, image: np.ndarray, stamp: float) -> bool:
         """Offer one frame. Returns True if it was sampled into the stream.
@@ -137,19 +148,95 @@ class FrameSampler:
             if self.origin is None:
                 self.origin = stamp
             self.last_stamp = stamp
-            elapsed = stamp - self.origin
-            index = int(math.floor(elapsed / self.period + 1e-9))
+            index = self._index(stamp)
+            if index < self._accounted:
+                self.late_frames += 1  # its period was closed on the clock already
+                return False
             if self._current is None or index > self._current.index:
-                self._close_current(index)
+                self._close_current()
+                self._account_until(index)
                 self._open(index)
-            current = self._current
-            slot = int((elapsed - current.start) * self.fps + 1e-9)
-            slot = min(max(slot, 0), self.frames_per_round - 1)
+            slot = self._slot(stamp)
             if self._slots[slot] is not None:
                 return False
             self._slots[slot] = image
             self.sampled_frames += 1
             return True
+
+    def _index(self, stamp: float) -> int:
+        return int(math.floor((stamp - self.origin) / self.period + 1e-9))
+
+    def wants(self, stamp: float) -> bool:
+        """Whether ``add`` at ``stamp`` could keep the frame (or must look at it to reject it).
+
+        False means the frame is certainly not kept: its slot is already filled or its period
+        is already closed. A cheap check, so a caller can skip decoding such frames.
+        """
+        if not math.isfinite(stamp):
+            return True  # add() rejects it with the reason
+        with self._lock:
+            if self.origin is None or self.last_stamp is None or stamp < self.last_stamp:
+                return True
+            if stamp - self.origin >= MAX_STREAM_SECONDS:
+                return True
+            index = self._index(stamp)
+            if index < self._accounted:
+                return False
+            current = self._current
+            if current is None or index != current.index:
+                return True
+            return self._slots[self._slot(stamp)] is None
+
+    def offer(self, stamp: float, decode: Callable[[], np.ndarray]) -> bool:
+        """``add(decode(), stamp)``, but ``decode`` runs only when the frame may be kept.
+
+        A frame that is not needed still moves the stream's clock on (like ``add``), so the
+        stamp order checks see every frame.
+
+        Raises:
+            FrameRejected: as ``add``; and whatever ``decode`` raises.
+        """
+        if self.wants(stamp):
+            return self.add(decode(), stamp)
+        with self._lock:
+            if self.last_stamp is not None and stamp >= self.last_stamp:
+                self.last_stamp = stamp
+                self._backward_run, self._backward_last = 0, None
+                if self._index(stamp) < self._accounted:
+                    self.late_frames += 1
+        return False
+
+    def close_until(self, stamp: float) -> bool:
+        """Close every period that ended at or before ``stamp`` (on the camera clock).
+
+        Periods without frames among them are counted as gaps at once. Frames of a closed
+        period that arrive afterwards are dropped (``late_frames``).
+
+        Returns:
+            True when a period with frames became ready.
+        """
+        if not math.isfinite(stamp):
+            raise ValueError(f"stamp must be finite, got {stamp}")
+        with self._lock:
+            if self.origin is None or stamp - self.origin >= MAX_STREAM_SECONDS:
+                return False
+            ended = self._index(stamp)  # periods before this index have ended
+            if ended <= self._accounted:
+                return False
+            ready = False
+            if self._current is not None and self._current.index < ended:
+                ready = self._close_current()
+            self._account_until(ended)
+            return ready
+
+    def _slot(self, stamp: float) -> int:
+        slot = int((stamp - self.origin - self._current.start) * self.fps + 1e-9)
+        return min(max(slot, 0), self.frames_per_round - 1)
+
+    def _account_until(self, index: int) -> None:
+        """Periods from ``_accounted`` up to ``index`` had no frames: count them as gaps."""
+        self.gap_seconds += max(0, index - self._accounted)
+        self._accounted = max(self._accounted, index)
 
     def _reject_or_restart(self, stamp: float) -> None:
         """A backward stamp: reject it, unless enough in a row show the clock went back."""
@@ -177,14 +264,16 @@ class FrameSampler:
         )
         self._slots = [None] * self.frames_per_round
 
-    def _close_current(self, next_index: int) -> None:
+    def _close_current(self) -> bool:
+        """Queue the open period (if it has frames); True if one was queued."""
         current = self._current
         if current is None:
-            return
+            return False
+        self._current = None
+        self._accounted = current.index + 1
         taken = [frame for frame in self._slots if frame is not None]
-        self.gap_seconds += max(0, next_index - current.index - 1)
         if not taken:
-            return
+            return False
         current.received = len(taken)
         # Fill empty slots with the nearest earlier frame (or the first one) so the video block
         # always has frames_per_round frames, a multiple of the temporal patch size.
@@ -197,6 +286,7 @@ class FrameSampler:
         while len(self._ready) > self.max_pending:
             self._ready.popleft()
             self.dropped_unconsumed += 1
+        return True
 
     def pop_ready(self, latest_only: bool = False) -> tuple[SecondOfFrames | None, int]:
         """Take the oldest completed period (or the newest, skipping the rest).

@@ -228,11 +228,19 @@ class StreamingSession:
         round_tokens = self._round_tokens(vision_tokens, last_end)
         return StreamingCachePolicy(self.config.cache).bound(len(self._sink_ids), round_tokens)
 
+    @property
+    def pristine_keys(self) -> bool:
+        """Whether the cache keeps pristine keys (half precision: bounded rotation rounding,
+        see ``kv_cache.py``)."""
+        return self.loaded.dtype in (torch.bfloat16, torch.float16)
+
     def cache_bytes(self) -> int:
-        """Memory the preallocated cache takes: bound x layers x (keys + values)."""
+        """Memory the preallocated cache takes: bound x layers x (keys + values [+ pristine
+        keys in half precision])."""
         text = self.model.config.get_text_config()
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        per_token = text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim
+        buffers = 3 if self.pristine_keys else 2
+        per_token = text.num_hidden_layers * buffers * text.num_key_value_heads * head_dim
         return self.bound * per_token * torch.finfo(self.loaded.dtype).bits // 8
 
     def _free_memory(self) -> int:
@@ -259,7 +267,8 @@ class StreamingSession:
         text = self.model.config.get_text_config()
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         cache = BoundedKVCache(text.num_hidden_layers, self.bound)
-        cache.allocate(text.num_key_value_heads, head_dim, self.loaded.dtype, self.device)
+        cache.allocate(text.num_key_value_heads, head_dim, self.loaded.dtype, self.device,
+                       pristine_keys=self.pristine_keys)
         return cache
 
     @property
@@ -296,8 +305,24 @@ class StreamingSession:
 
         The interrupted call raises ``GenerationInterrupted`` and leaves the stream as it was
         before it (the usual rollback). Used to bound shutdown time while an answer decodes.
+        The interrupt is sticky: every later ``run_round`` or ``ask`` raises at once too (an
+        ask that was waiting for the model while the node stopped must not decode a whole
+        answer), until ``resume()``.
         """
         self._interrupt.set()
+
+    def resume(self) -> None:
+        """Re-arm after ``interrupt()``: rounds and asks run again."""
+        self._interrupt.clear()
+
+    @property
+    def interrupted(self) -> bool:
+        """``interrupt()`` was called and ``resume()`` not since."""
+        return self._interrupt.is_set()
+
+    def _raise_if_interrupted(self) -> None:
+        if self._interrupt.is_set():
+            raise GenerationInterrupted("the session was interrupted; resume() re-arms it")
 
     def run_pending(self, latest_only: bool = False) -> tuple[RoundResult | None, int]:
         """Run one round on the next completed period, if any.
@@ -444,8 +469,8 @@ class StreamingSession:
             raise ValueError(
                 f"forced_ids must hold 1 to max_new_tokens={self.config.max_new_tokens} tokens"
             )
+        self._raise_if_interrupted()
         t0 = time.perf_counter()
-        self._interrupt.clear()
         if second.epoch != self._memory_epoch:
             # The camera clock went back and the sampler restarted the stream: what the cache
             # holds belongs to the old timeline.
@@ -539,8 +564,8 @@ class StreamingSession:
             )
         budget = min(max_new_tokens or self.config.max_answer_tokens,
                      self.config.max_answer_tokens)
+        self._raise_if_interrupted()
         t0 = time.perf_counter()
-        self._interrupt.clear()
         length = self.cache.length
         record, self.record_logits = self.record_logits, False
         try:
