@@ -268,7 +268,14 @@ def test_interrupt_stops_an_answer_and_leaves_the_stream_intact(two_layer, monke
         session.ask("what is there?")
     assert len(chosen) == 3  # stopped at the next token, not after 50
     assert_same_snapshot(before, snapshot(session))
-    # The next call is not interrupted: it decodes past the third token.
+    # Sticky: a call that comes later (an ask that waited for the model while the node was
+    # stopping) is refused at once, with nothing fed to the model.
+    with pytest.raises(GenerationInterrupted):
+        session.ask("still there?")
+    assert len(chosen) == 3
+    assert_same_snapshot(before, snapshot(session))
+    session.resume()
+    # Re-armed: the next call decodes past the third token.
     assert session.ask("and now?").answer_tokens > 3
 
 
