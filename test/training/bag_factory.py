@@ -7,12 +7,14 @@ words in chosen seconds. Every bag is a real rosbag2 directory in sqlite3 or mca
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 from svlm_training.bag_reading import make_typestore
 
 #: Start of the synthetic stream on the camera clock (s): far from zero like a real clock.
@@ -46,6 +48,7 @@ class BagSpec:
         compression: rosbag2 compression (``file`` or ``message``, zstd) or None.
         frame_stamps: Optional override of the image header stamps (offsets from START).
         encodings: Optional per-frame encoding override (frame index -> encoding).
+        split_at: Split the bag into two files at this stream time (s), or not at all.
     """
 
     seconds: int = 8
@@ -59,6 +62,7 @@ class BagSpec:
     compression: str | None = None
     frame_stamps: list[float] | None = None
     encodings: dict[int, str] = field(default_factory=dict)
+    split_at: float | None = None
     image_topic: str = "/camera/image"
     text_topic: str = "/commentary"
     extra_topics: dict[str, str] = field(
@@ -110,7 +114,7 @@ def _text_message(typestore, spec: BagSpec, second: int, text: str):
 def write_bag(path: Path, spec: BagSpec | None = None,
               after: Callable[[Path], None] | None = None) -> Path:
     """Write a rosbag2 bag at ``path`` (a directory that must not exist yet)."""
-    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+    from rosbags.rosbag2 import StoragePlugin
 
     spec = spec or BagSpec()
     typestore = make_typestore()
@@ -135,6 +139,47 @@ def write_bag(path: Path, spec: BagSpec | None = None,
         message, receive = _text_message(typestore, spec, second, text)
         events.append((receive, "text", message))
     events.sort(key=lambda event: event[0])
+    if spec.split_at is None:
+        _write_events(path, spec, typestore, plugin, image_type, text_type, events)
+    else:
+        # rosbags writes one file per bag; a split bag is two bags' files under one metadata.yaml
+        # that lists both, as `ros2 bag record --max-bag-duration` leaves it.
+        cut = START + spec.split_at
+        parts = [[e for e in events if e[0] < cut], [e for e in events if e[0] >= cut]]
+        documents, names = [], []
+        path.mkdir(parents=True)
+        for number, part in enumerate(parts):
+            part_dir = path.parent / f".{path.name}.part{number}"
+            _write_events(part_dir, spec, typestore, plugin, image_type, text_type, part)
+            (storage_file,) = [f for f in part_dir.iterdir() if f.name != "metadata.yaml"]
+            name = f"{path.name}_{number}{storage_file.suffix}"
+            storage_file.rename(path / name)
+            documents.append(yaml.safe_load((part_dir / "metadata.yaml").read_text()))
+            names.append(name)
+            shutil.rmtree(part_dir)
+        info = documents[0]["rosbag2_bagfile_information"]
+        second = documents[1]["rosbag2_bagfile_information"]
+        info["relative_file_paths"] = names
+        for entry, name in zip(info["files"] + second["files"], names, strict=True):
+            entry["path"] = name
+        info["files"] = info["files"] + second["files"]
+        info["message_count"] += second["message_count"]
+        end = (second["starting_time"]["nanoseconds_since_epoch"]
+               + second["duration"]["nanoseconds"])
+        info["duration"]["nanoseconds"] = end - info["starting_time"]["nanoseconds_since_epoch"]
+        for topic, other in zip(info["topics_with_message_count"],
+                                second["topics_with_message_count"], strict=True):
+            topic["message_count"] += other["message_count"]
+        (path / "metadata.yaml").write_text(yaml.safe_dump(documents[0]))
+    if after is not None:
+        after(path)
+    return path
+
+
+def _write_events(path, spec, typestore, plugin, image_type, text_type, events) -> None:
+    """Write ``events`` (receive time, 'image' or 'text', message) as one rosbag2 bag."""
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, Writer
+
     writer = Writer(path, version=9, storage_plugin=plugin)
     if spec.compression:
         mode = CompressionMode.FILE if spec.compression == "file" else CompressionMode.MESSAGE
@@ -150,6 +195,3 @@ def write_bag(path: Path, spec: BagSpec | None = None,
         for receive, key, message in events:
             data = typestore.serialize_cdr(message, types[key])
             writer.write(connections[key], int(receive * 1e9), data)
-    if after is not None:
-        after(path)
-    return path

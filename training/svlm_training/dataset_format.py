@@ -211,7 +211,16 @@ class SecondsDataset:
         columns = ("episode", "second", "start", "end", "received", "height", "width")
         self._numbers = {name: self.table.column(name).to_numpy() for name in columns}
         self._text = self.table.column("text").to_pylist()
-        self._frames = self.table.column("frames")
+        # Where each row's frame bytes sit inside the mapped file: (data buffer, start, end).
+        # Slicing the column's data buffer is zero-copy; a scalar's as_buffer() would copy.
+        self._frame_slices: list[tuple[object, int, int]] = []
+        for chunk in self.table.column("frames").chunks:
+            _, offsets, data = chunk.buffers()
+            bounds = np.frombuffer(offsets, dtype=np.int64)[chunk.offset:
+                                                            chunk.offset + len(chunk) + 1]
+            self._frame_slices.extend(
+                (data, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            )
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -221,7 +230,8 @@ class SecondsDataset:
             raise IndexError(f"row {row} out of range for {len(self)} seconds")
         n = self._numbers
         height, width = int(n["height"][row]), int(n["width"][row])
-        buffer = self._frames[row].as_buffer()  # a view of the mapped file, no copy
+        data, start, end = self._frame_slices[row]
+        buffer = data.slice(start, end - start)  # a view of the mapped file, no copy
         frames = np.frombuffer(buffer, dtype=np.uint8).reshape(-1, height, width, 3)
         return Second(
             episode=int(n["episode"][row]),

@@ -138,16 +138,26 @@ class LossLog:
             csv.DictWriter(stream, LOG_FIELDS).writerow(record)
 
 
-def train(config: TrainConfig, *, resume: str | None = None, quiet: bool = False) -> dict:
-    """Run (or continue) a training run; returns the end summary (every process)."""
+def train(config: TrainConfig, *, resume: str | None = None, quiet: bool = False,
+          on_finish=None) -> dict:
+    """Run (or continue) a training run; returns the end summary (every process).
+
+    Args:
+        config: The run.
+        resume: ``latest`` or a checkpoint path to continue from, or None.
+        quiet: No progress bar.
+        on_finish: Called on every process as ``on_finish(model, context)`` with the trained
+            (unwrapped, not yet merged) model before the process group closes; the multi-process
+            tests use it to compare the ranks' weights.
+    """
     context = dist_utils.setup_distributed(config.device)
     try:
-        return _train(config, context, resume, quiet)
+        return _train(config, context, resume, quiet, on_finish)
     finally:
         dist_utils.cleanup(context)
 
 
-def _train(config: TrainConfig, context, resume: str | None, quiet: bool) -> dict:
+def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_finish) -> dict:
     out = Path(config.out)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +269,8 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool) -> dic
                    "world_size": context.world_size})
     progress.close()
     elapsed = time.perf_counter() - started
+    if on_finish is not None:
+        on_finish(model, context)
     summary = {
         "steps": total_steps,
         "resumed_from": start_step,

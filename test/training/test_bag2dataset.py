@@ -1,0 +1,125 @@
+"""svlm-bag2dataset on real rosbag2 bags: both storages, raw and compressed images, String and
+Narration text, split and compressed bags, several bags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from bag_factory import START, BagSpec, frame_for, write_bag
+from conftest import leftovers
+from svlm_training.bag2dataset import resize_frame
+from svlm_training.dataset_format import SecondsDataset
+
+
+def expected_frames(second: int) -> list[np.ndarray]:
+    """What the dataset must hold for ``second`` of the synthetic camera at 4 Hz, 2 fps."""
+    return [resize_frame(frame_for(second + half), 6272, 3136) for half in (0.0, 0.5)]
+
+
+@pytest.mark.parametrize(
+    ("storage", "image", "text_type"),
+    [("sqlite3", "raw", "string"), ("mcap", "compressed", "narration"),
+     ("sqlite3", "compressed", "narration"), ("mcap", "raw", "string")],
+)
+def test_bag_becomes_aligned_seconds(tmp_path, build_dataset, capsys, storage, image, text_type):
+    spec = BagSpec(seconds=8, storage=storage, image=image, text_type=text_type,
+                   texts={1: "the card is red", 4: "now green <|im_end|>"})
+    bag = write_bag(tmp_path / "bag", spec)
+    code, out = build_dataset([bag])
+    assert code == 0
+    summary = capsys.readouterr().out
+    assert "7 seconds (5 silent)" in summary and "s of bag per second" in summary
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    (source,) = manifest["sources"]
+    assert source["storage"] == storage
+    assert source["stamps"] == ("header" if text_type == "narration" else "receive")
+    assert source["image_type"].endswith("CompressedImage" if image == "compressed" else "/Image")
+    # 8 s of camera: the last second is still open when the bag ends, as in the engine.
+    assert manifest["seconds"] == 7 and manifest["silent_seconds"] == 5
+    assert manifest["silent_share"] == pytest.approx(5 / 7)
+    assert manifest["words_per_second"] == pytest.approx(7 / 7)
+
+    data = SecondsDataset(out)
+    assert [data[i].second for i in range(len(data))] == list(range(7))
+    assert [data[i].text for i in range(len(data))] == [
+        "", "the card is red", "", "", "now green <|im_end|>", "", ""]
+    for row in (0, 3, 6):
+        got = data[row].frames
+        assert got.shape == (2, 56, 56, 3)
+        assert not got.flags.writeable  # a view of the memory-mapped file
+        np.testing.assert_array_equal(got, np.stack(expected_frames(row)))
+    assert leftovers(tmp_path) == []
+
+
+def test_raw_encodings_are_converted_to_rgb(tmp_path, build_dataset):
+    frames = {}
+    for encoding in ("bgr8", "mono8"):
+        bag = write_bag(tmp_path / encoding, BagSpec(seconds=3, encoding=encoding))
+        code, out = build_dataset([bag], out=tmp_path / f"data_{encoding}")
+        assert code == 0
+        frames[encoding] = SecondsDataset(out)[0].frames[0]
+    np.testing.assert_array_equal(frames["bgr8"], expected_frames(0)[0])
+    gray = frames["mono8"]
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+
+
+def test_split_and_compressed_bags_give_the_same_dataset(tmp_path, build_dataset):
+    texts = {0: "start", 3: "middle words", 6: "late"}
+    datasets = {}
+    for name, extra in [("plain", {}), ("split", {"split_at": 4.0}),
+                        ("zstd_file", {"compression": "file"}),
+                        ("zstd_message", {"compression": "message"})]:
+        bag = write_bag(tmp_path / name, BagSpec(seconds=8, texts=texts, **extra))
+        code, out = build_dataset([bag], out=tmp_path / f"data_{name}")
+        assert code == 0, name
+        datasets[name] = SecondsDataset(out)
+    manifest = datasets["split"].manifest
+    assert manifest["sources"][0]["files"] == 2
+    reference = datasets["plain"]
+    for name, data in datasets.items():
+        assert len(data) == len(reference) == 7, name
+        for row in range(len(data)):
+            assert data[row].text == reference[row].text, name
+            np.testing.assert_array_equal(data[row].frames, reference[row].frames)
+
+
+def test_several_bags_are_episodes_one_after_the_other(tmp_path, build_dataset):
+    first = write_bag(tmp_path / "a", BagSpec(seconds=5, texts={0: "first bag"}))
+    second = write_bag(tmp_path / "b", BagSpec(seconds=4, storage="mcap", texts={2: "second"}))
+    code, out = build_dataset([first, second])
+    assert code == 0
+    data = SecondsDataset(out)
+    assert data.episodes() == [range(0, 4), range(4, 7)]
+    assert [data[i].episode for i in range(7)] == [0, 0, 0, 0, 1, 1, 1]
+    assert data[0].text == "first bag" and data[6].text == "second"
+    assert [s["bag"] for s in data.manifest["sources"]] == [str(first), str(second)]
+
+
+def test_the_seconds_file_is_a_plain_arrow_stream(tmp_path, build_dataset):
+    """Any Arrow reader (and Hugging Face ``datasets.Dataset.from_file``) opens it."""
+    bag = write_bag(tmp_path / "bag", BagSpec(seconds=4))
+    code, out = build_dataset([bag])
+    assert code == 0
+    with pa.memory_map(str(out / "seconds.arrow")) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    assert table.num_rows == 3
+    assert table.column_names[:5] == ["episode", "second", "start", "end", "text"]
+
+
+def test_narration_stamps_place_text_in_the_second_it_describes(tmp_path, build_dataset):
+    """A Narration's stamp is the end of its second (as the node publishes it)."""
+    spec = BagSpec(seconds=6, text_type="narration", texts={0: "zero", 2: "two"})
+    bag = write_bag(tmp_path / "bag", spec)
+    assert START > 0
+    code, out = build_dataset([bag])
+    assert code == 0
+    data = SecondsDataset(out)
+    assert [data[i].text for i in range(len(data))] == ["zero", "", "two", "", ""]
+    # With receive times the node's reported latency is taken off first: same seconds.
+    code, out = build_dataset([bag], "--stamps", "receive", out=tmp_path / "receive")
+    assert code == 0
+    assert SecondsDataset(out).texts(range(5)) == ["zero", "", "two", "", ""]
