@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a Qwen2.5-VL narrator on a svlm-bag2dataset dataset with chunked "
                     "full-attention SFT. Run it as is on one device, or under torchrun for DDP.",
     )
-    p.add_argument("--data", required=True, help="dataset directory (svlm-bag2dataset --out)")
-    p.add_argument("--model", required=True, help="base checkpoint directory")
+    p.add_argument("--data", help="dataset directory (svlm-bag2dataset --out); required "
+                                   "unless --resume")
+    p.add_argument("--model", help="base checkpoint directory; required unless --resume")
     p.add_argument("--out", required=True,
                    help="run directory: checkpoints, loss.jsonl/csv/png, model/ (the export)")
     p.add_argument("--method", choices=("lora", "full"), default=d.method,

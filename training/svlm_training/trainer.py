@@ -170,7 +170,13 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
                         attn_implementation=config.attn_implementation)
     model = loaded.model
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Non-reentrant checkpointing works with frozen inputs (LoRA, frozen embeddings) and DDP.
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
     model = prepare_trainable(model, config)
     model.train()
     trainable, total = count_parameters(model)
@@ -317,11 +323,15 @@ def format_summary(summary: dict, out: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``svlm-train``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume is None and (args.data is None or args.model is None):
+        parser.error("--data and --model are required (unless --resume)")
     try:
         if args.resume is not None:
             checkpoint = resolve_resume(args.out, args.resume)
             config = TrainConfig.load(checkpoint)
+            config.out = args.out  # the run lives where --out says (it may have been moved)
             if args.max_steps is not None:
                 config.max_steps = args.max_steps
         else:
