@@ -1,9 +1,12 @@
-"""Camera intake: one image subscription per camera; frames converted and offered to the stream.
+"""Camera intake: one image subscription per camera; frames offered to the stream.
 
-An image callback converts the message to RGB, offers it to the camera's frame sampler and
-returns: it never runs the model. Each camera has its own mutually exclusive callback group,
-so a camera's frames stay in order while cameras are taken in parallel. One bad message is
-counted and dropped; it never ends the node.
+An image callback asks the camera's frame sampler whether the frame is needed, converts it
+to RGB only then (a 30 Hz camera at fps 2 has 28 of 30 frames per second that are not), hands
+it over and returns: it never runs the model. Each camera has its own mutually exclusive
+callback group, so a camera's frames stay in order while cameras are taken in parallel. One
+bad message is counted and dropped; it never ends the node. Every arrival is also recorded
+for the transport monitor (frames lost before the node), and the newest frame's stamp and
+arrival time map the node clock to the camera clock (for closing periods on time).
 """
 
 from __future__ import annotations
@@ -16,10 +19,33 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
+from svlm_ros.engine.frame_sampler import FrameRejected
 from svlm_ros.engine.vision_input import fit_frame_size
 from svlm_ros.image_conversion import compressed_image_to_rgb, image_message_to_rgb
 from svlm_ros.node.stamps import stamp_to_seconds
 from svlm_ros.node.streams import CameraStream, Streams
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def check_compressed_format(format: str, data) -> None:  # `format`: the message field
+    """Raise ``FrameRejected`` when ``data`` is not what ``format`` declares (jpeg or png).
+
+    A decoder would read a PNG labelled "jpeg" all the same; a publisher that mislabels its
+    data is broken, and says so here rather than by chance later. Unknown formats are left to
+    the converter, which names them.
+    """
+    tokens = format.lower().replace(";", " ").replace(",", " ").split()
+    codec = next((token for token in tokens if token in ("jpeg", "jpg", "png")), None)
+    if codec is None:
+        return
+    head = bytes(data[:8])
+    actual = "png" if head == _PNG_SIGNATURE else "jpeg" if head[:3] == _JPEG_SIGNATURE else None
+    declared = "png" if codec == "png" else "jpeg"
+    if actual != declared:
+        found = f"{actual} data" if actual else f"data starting {head[:4].hex(' ')}"
+        raise FrameRejected(f"format says {declared} but the message holds {found}")
 
 
 class CameraIntake:
@@ -102,23 +128,29 @@ class CameraIntake:
         )
 
     def _on_compressed_image(self, camera: CameraStream, message: CompressedImage) -> None:
-        self.offer_frame(
-            camera,
-            message,
-            lambda: compressed_image_to_rgb(
+        def convert():
+            check_compressed_format(message.format, message.data)
+            return compressed_image_to_rgb(
                 format=message.format,
                 data=message.data,
                 max_pixels=self._values["max_input_pixels"],
-            ),
-        )
+            )
+
+        self.offer_frame(camera, message, convert)
 
     def offer_frame(self, camera: CameraStream, message, convert: Callable[[], Any]) -> None:
-        """Convert a frame and hand it to the camera's sampler; cheap, never runs the model."""
+        """Hand a frame to the camera's sampler, converting it only if it is needed.
+
+        Cheap; never runs the model. ``convert`` returns the RGB array or raises for bad data.
+        """
         camera.stats.record_received()
+        stamp = stamp_to_seconds(message.header.stamp)
+        camera.arrivals.record(stamp, len(message.data))
         session = camera.session
         if not self._streams.active or session is None:
             return  # counted as dropped: received, neither rejected nor sampled
-        try:
+
+        def checked_frame():
             rgb = convert()
             size = rgb.shape[:2]
             if size != camera.checked_size:
@@ -126,7 +158,11 @@ class CameraIntake:
                 # where they are counted, not in the middle of a round.
                 fit_frame_size(*size, session.config.max_pixels, session.config.min_pixels)
                 camera.checked_size = size
-            sampled = session.add_frame(rgb, stamp_to_seconds(message.header.stamp))
+            return rgb
+
+        try:
+            sampled = session.sampler.offer(stamp, checked_frame)
+            camera.newest_frame = (stamp, self._node.get_clock().now().nanoseconds * 1e-9)
         except Exception as error:  # noqa: BLE001 - ImageRejected, FrameRejected, anything:
             # one bad message is counted and dropped, it never ends the node
             camera.stats.record_rejection(str(error))

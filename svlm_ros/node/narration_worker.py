@@ -1,16 +1,26 @@
 """The narration worker: one thread that runs the engine rounds and publishes the narrations.
 
-Woken when a frame was sampled (and at least every ``WORKER_WAKE_SECONDS``), it runs a round
-on each camera's newest completed second and skips older ones, so it never falls behind by
-more than a round. Every round takes the model lock (first come, first served), so an ask
-waits at most for the round in progress. A failed round is rolled back by the engine, logged
-and counted; the worker goes on.
+Woken when a frame was sampled, and at least every ``WORKER_WAKE_SECONDS``, it
+
+* closes every period whose end has passed on the camera clock by ``period_close_slack``
+  (the camera clock extrapolated on the node clock from the newest frame), so a second is
+  narrated on time even when no frame of the next second comes (a stall, the stream's end);
+* restarts the streams when stream parameters changed (requested by the parameter callback,
+  which must not wait for the model itself: parameter and lifecycle services stay free);
+* runs a round on each camera's newest completed second and skips older ones, so it never
+  falls behind by more than a round.
+
+Every round takes the model lock (first come, first served), so an ask waits at most for the
+round in progress. A failed round is rolled back by the engine, logged and counted; the worker
+goes on.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from rclpy.lifecycle import LifecycleNode
 from std_msgs.msg import String
@@ -18,10 +28,11 @@ from std_msgs.msg import String
 from svlm_ros.engine.streaming_session import RoundResult
 from svlm_ros.msg import Narration
 from svlm_ros.node.stamps import seconds_to_stamp
-from svlm_ros.node.streams import CameraStream, Streams
+from svlm_ros.node.streams import CameraStream, StreamRebuildFailed, Streams
 
-# The worker wakes at least this often (seconds) to notice shutdown and state changes.
-WORKER_WAKE_SECONDS = 0.2
+# The worker wakes at least this often (seconds) to close periods on the clock and to notice
+# shutdown and state changes.
+WORKER_WAKE_SECONDS = 0.1
 # How long stopping waits for the thread; a round in progress stops at its next token.
 JOIN_TIMEOUT_SECONDS = 10.0
 
@@ -32,22 +43,51 @@ class NarrationWorker:
     Args:
         node: The lifecycle node that owns the (lifecycle) publishers, clock and logger.
         streams: The cameras and the shared model.
+        values: The node's parameter values (``period_close_slack``).
+        on_rebuild_failed: Called (on the worker thread) when new stream settings could not
+            be built and the previous ones were restored; the node puts the previous
+            parameter values back.
     """
 
-    def __init__(self, node: LifecycleNode, streams: Streams) -> None:
+    def __init__(
+        self,
+        node: LifecycleNode,
+        streams: Streams,
+        values: Mapping[str, Any],
+        on_rebuild_failed: Callable[[StreamRebuildFailed], None],
+    ) -> None:
         self._node = node
         self._streams = streams
+        self._values = values
+        self._on_rebuild_failed = on_rebuild_failed
         self._narration_publisher = node.create_lifecycle_publisher(Narration, "narration", 10)
         self._text_publisher = node.create_lifecycle_publisher(String, "narration_text", 10)
         self._wake = threading.Event()
+        # Each thread gets its own stop event: a thread that outlived stop()'s join (stuck in
+        # a slow step) still sees its own event set and ends, whatever start() does later.
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._rebuild_lock = threading.Lock()
+        self._rebuild_reason = ""
 
     def start(self) -> None:
         """Start the thread (it idles until the node is active)."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._work, name="narration", daemon=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._work, args=(self._stop,), name="narration", daemon=True
+        )
         self._thread.start()
+
+    def request_rebuild(self, reason: str) -> None:
+        """Ask the thread to restart the streams with the current values (from any thread)."""
+        with self._rebuild_lock:
+            self._rebuild_reason = reason
+        self._wake.set()
+
+    def _take_rebuild_request(self) -> str:
+        with self._rebuild_lock:
+            reason, self._rebuild_reason = self._rebuild_reason, ""
+            return reason
 
     def wake(self) -> None:
         """Make the thread look for completed seconds now (from any thread)."""
@@ -64,18 +104,24 @@ class NarrationWorker:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=JOIN_TIMEOUT_SECONDS)
 
-    def _work(self) -> None:
-        """Thread body: run rounds while any camera has a completed second."""
+    def _work(self, stop: threading.Event) -> None:
+        """Thread body: rebuild when asked, close periods on time, run rounds while any camera
+        has a completed second."""
         streams = self._streams
-        while not self._stop.is_set():
+        while not stop.is_set():
             self._wake.wait(timeout=WORKER_WAKE_SECONDS)
             self._wake.clear()
-            while streams.active and not self._stop.is_set():
+            try:
+                self._rebuild_if_requested()
+            except Exception as error:  # noqa: BLE001 - the worker must survive
+                self._node.get_logger().error(f"narration worker: stream rebuild: {error!r}")
+            while streams.active and not stop.is_set():
                 ran = False
                 for camera in streams.cameras:
-                    if self._stop.is_set() or not streams.active:
+                    if stop.is_set() or not streams.active:
                         break
                     try:
+                        self._close_due_periods(camera)
                         ran = self._run_round(camera) or ran
                     except Exception as error:  # noqa: BLE001 - the worker must survive
                         if not self._node.context.ok():
@@ -84,10 +130,34 @@ class NarrationWorker:
                 if not ran:
                     break
 
+    def _rebuild_if_requested(self) -> None:
+        reason = self._take_rebuild_request()
+        if not reason:
+            return
+        try:
+            self._streams.rebuild(reason)
+        except StreamRebuildFailed as error:
+            self._streams.error = str(error)
+            self._node.get_logger().error(f"{error}; the previous settings are restored")
+            self._on_rebuild_failed(error)
+        else:
+            self._streams.error = ""
+
+    def _close_due_periods(self, camera: CameraStream) -> None:
+        """Close the camera's periods whose end passed ``period_close_slack`` ago."""
+        session, newest = camera.session, camera.newest_frame
+        if session is None or newest is None:
+            return
+        stamp, arrival = newest
+        elapsed = self._node.get_clock().now().nanoseconds * 1e-9 - arrival
+        if elapsed > 0:
+            session.sampler.close_until(stamp + elapsed - self._values["period_close_slack"])
+
     def _run_round(self, camera: CameraStream) -> bool:
         """One engine round on the camera's newest completed second; True if one ran."""
-        started = time.perf_counter()
         with self._streams.model_lock:
+            # Timed from here: waiting for an ask is not the model's time for this round.
+            started = time.perf_counter()
             session = camera.session
             if session is None:
                 return False

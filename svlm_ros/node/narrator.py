@@ -69,7 +69,9 @@ class NarratorNode(LifecycleNode):
             raise ValueError("; ".join(found))
         self._closed = False
         self._streams = Streams(self._values, self.get_logger())
-        self._worker = NarrationWorker(self, self._streams)
+        self._worker = NarrationWorker(
+            self, self._streams, self._values, self._restore_stream_parameters
+        )
         self._intake = CameraIntake(self, self._streams, self._values, self._worker.wake)
         self._asks = AskService(self, self._streams, self._values, self.lifecycle_state)
         self._status = StatusReporter(
@@ -142,8 +144,29 @@ class NarratorNode(LifecycleNode):
                 self._values[parameter.name] = list(value) if isinstance(value, tuple) else value
                 changed.append(parameter.name)
         restarting = sorted(set(changed) & narrator_params.STREAM_PARAMETERS)
-        if restarting and self._streams.loaded is not None:
-            self._streams.rebuild(f"parameters changed: {', '.join(restarting)}")
+        streams = self._streams
+        if not restarting or streams.loaded is None:
+            return
+        if narrator_params.stream_config(self._values) == streams.config:
+            return  # e.g. the previous values put back after a failed rebuild
+        # The worker rebuilds: this callback runs in the parameter service, which must not
+        # wait for the model lock (behind a round and queued asks), nor hold up the lifecycle
+        # services that share its callback group.
+        self._worker.request_rebuild(f"parameters changed: {', '.join(restarting)}")
+
+    def _restore_stream_parameters(self, error: Exception) -> None:
+        """Put back the stream parameter values the running streams were built from."""
+        running = self._streams.config_values
+        restore = [
+            Parameter(name, value=value)
+            for name, value in running.items()
+            if self._values.get(name) != value
+        ]
+        if restore:
+            results = self.set_parameters(restore)
+            refused = [r.reason for r in results if not r.successful]
+            if refused:
+                self.get_logger().error(f"could not restore parameters: {'; '.join(refused)}")
 
     # ----- lifecycle ---------------------------------------------------------------------
     @property
@@ -179,10 +202,16 @@ class NarratorNode(LifecycleNode):
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Publishers first: a round woken before them would publish into an inactive
+        # publisher (dropped) while counting the second as narrated.
+        result = super().on_activate(state)
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
+        self._streams.resume()
         self._streams.active = True
         self._worker.wake()
         self.get_logger().info("active: narrating")
-        return super().on_activate(state)
+        return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._streams.active = False
@@ -235,7 +264,9 @@ def main(args: list[str] | None = None) -> int:
         executor = MultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
         if node.autostart:
-            node.start()
+            # On an executor thread once spinning: while a large model loads (tens of
+            # seconds), status, lifecycle and parameter services already answer.
+            executor.create_task(node.start)
         try:
             executor.spin()
         except RCLError:

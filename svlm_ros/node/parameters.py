@@ -150,9 +150,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("attn_implementation", "auto", "Attention kernel; auto picks flash_attention_2 when "
           "installed (CUDA, half precision), else sdpa.", read_only=True,
           choices=ATTENTION_CHOICES),
-    _spec("torch_threads", 0, "CPU threads torch may use for one operation; 0 keeps torch's "
-          "default (one per core). On a CPU shared with other work 1 or 2 is often much faster "
-          "(OpenMP threads wait for each other when a core is taken).", read_only=True,
+    _spec("torch_threads", 0, "CPU threads torch may use for one operation; 0 is automatic: "
+          "on the CPU the cores less two for the ROS threads (at least 1), on a GPU 1 (2 with "
+          "8 or more cores). More threads than free cores make OpenMP threads wait for each "
+          "other (10x slower rounds on a shared 2-core machine).", read_only=True,
           minimum=0, maximum=256),
     _spec("autostart", True, "Configure and activate at start-up (no lifecycle manager needed).",
           read_only=True),
@@ -174,6 +175,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
           "larger images are rejected before any decoding.", minimum=1, maximum=1 << 30),
     _spec("default_camera", "", "Camera that ask uses when a request names none; empty: the "
           "first camera."),
+    _spec("period_close_slack", 0.25, "Seconds after a period's end (camera clock, extrapolated "
+          "on the node clock from the newest frame) after which it is narrated without waiting "
+          "for a frame of the next period; later frames of a closed period are dropped.",
+          minimum=0.0, maximum=10.0),
     _spec("status_period", 1.0, "Seconds between status messages on status and /diagnostics.",
           read_only=True, minimum=0.1, maximum=60.0),
     # --- the stream (a change rebuilds the streams; the model stays loaded) ---------------------
@@ -348,6 +353,22 @@ def model_device(value: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def automatic_torch_threads(cores: int, device_type: str) -> int:
+    """Torch threads for ``torch_threads: 0``.
+
+    On the CPU torch gets the cores less two, which the ROS threads (image callbacks, the
+    executor, DDS) need; at least one. With the model on a GPU the CPU threads only launch
+    kernels and prepare frames: one, or two on a machine with 8 or more cores.
+
+    Args:
+        cores: CPU cores this process may run on.
+        device_type: ``cpu`` or ``cuda``.
+    """
+    if device_type != "cpu":
+        return 2 if cores >= 8 else 1
+    return max(1, cores - 2)
 
 
 def stream_config(values: Mapping[str, Any]) -> StreamConfig:

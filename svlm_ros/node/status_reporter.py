@@ -18,6 +18,7 @@ from svlm_ros.msg import CameraStatus, NarratorStatus
 from svlm_ros.node.ask_service import AskService
 from svlm_ros.node.stream_stats import CameraSnapshot
 from svlm_ros.node.streams import CameraStream, Streams
+from svlm_ros.node.transport_monitor import ArrivalFigures, explain
 
 try:  # /diagnostics is optional: diagnostic_msgs is not part of every minimal install
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -90,6 +91,7 @@ class StatusReporter:
             status.device = str(loaded.device)
             status.dtype = str(loaded.dtype).removeprefix("torch.")
             status.attn_implementation = loaded.attn_implementation
+            status.torch_threads = int(streams.torch_threads)
             if loaded.device.type == "cuda":
                 import torch
 
@@ -101,20 +103,30 @@ class StatusReporter:
         status.asks_answered = counts.answered
         status.asks_failed = counts.failed
         status.last_ask_error = counts.last_error
-        snapshots = []
+        snapshots, transports = [], []
         for camera in streams.cameras:
             snapshot = camera.snapshot(self._values["period"])
+            figures = camera.arrivals.figures()
+            warning = explain(
+                figures,
+                transport=camera.spec.transport,
+                reliability=self._values["qos_reliability"],
+            )
             snapshots.append(snapshot)
-            status.cameras.append(self._camera_status(camera, snapshot))
+            transports.append((figures, warning))
+            status.cameras.append(self._camera_status(camera, snapshot, figures, warning))
         self._status_publisher.publish(status)
         if self._diagnostics_publisher is not None:
-            self._diagnostics_publisher.publish(self._diagnostics(status, snapshots))
+            self._diagnostics_publisher.publish(self._diagnostics(status, snapshots, transports))
         self._previous_snapshots = {
             camera.spec.name: snapshot
             for camera, snapshot in zip(streams.cameras, snapshots, strict=True)
         }
 
-    def _camera_status(self, camera: CameraStream, snapshot: CameraSnapshot) -> CameraStatus:
+    def _camera_status(
+        self, camera: CameraStream, snapshot: CameraSnapshot, figures: ArrivalFigures,
+        warning: str,
+    ) -> CameraStatus:
         message = CameraStatus()
         message.name = camera.spec.name
         message.topic = self._node.resolve_topic_name(camera.spec.subscription_topic)
@@ -127,9 +139,14 @@ class StatusReporter:
         message.cache_bound = int(session.bound) if session is not None else 0
         for field in _LATENCY_FIELDS:
             setattr(message, field, float(getattr(snapshot, field)))
+        message.frames_late = int(session.sampler.late_frames) if session is not None else 0
+        message.frame_rate_stamps = float(figures.stamp_rate)
+        message.frame_rate_received = float(figures.received_rate)
+        message.frames_lost_fraction = float(figures.lost_fraction)
+        message.transport_warning = warning
         return message
 
-    def _diagnostics(self, status: NarratorStatus, snapshots: list[CameraSnapshot]):
+    def _diagnostics(self, status: NarratorStatus, snapshots: list[CameraSnapshot], transports):
         array = DiagnosticArray()
         array.header.stamp = status.header.stamp
         prefix = self._node.get_fully_qualified_name()
@@ -148,18 +165,25 @@ class StatusReporter:
                 ("device_memory_allocated", status.device_memory_allocated),
                 ("device_memory_reserved", status.device_memory_reserved),
                 ("process_memory", status.process_memory),
+                ("torch_threads", status.torch_threads),
                 ("asks_answered", status.asks_answered), ("asks_failed", status.asks_failed),
                 ("last_ask_error", status.last_ask_error),
             )
         ]  # fmt: skip
         array.status.append(node)
-        for camera, snapshot in zip(self._streams.cameras, snapshots, strict=True):
-            array.status.append(self._camera_diagnostic(prefix, camera, snapshot, status.state))
+        for camera, snapshot, transport in zip(
+            self._streams.cameras, snapshots, transports, strict=True
+        ):
+            array.status.append(
+                self._camera_diagnostic(prefix, camera, snapshot, transport, status.state)
+            )
         return array
 
     def _camera_diagnostic(
-        self, prefix: str, camera: CameraStream, snapshot: CameraSnapshot, state: str
+        self, prefix: str, camera: CameraStream, snapshot: CameraSnapshot,
+        transport: tuple[ArrivalFigures, str], state: str,
     ):
+        figures, warning = transport
         previous = self._previous_snapshots.get(camera.spec.name)
         diagnostic = DiagnosticStatus(
             name=f"{prefix}: camera {camera.spec.name}",
@@ -175,12 +199,19 @@ class StatusReporter:
                 level, message = DiagnosticStatus.WARN, f"rejected: {snapshot.last_rejection}"
             elif snapshot.frames_received == previous.frames_received:
                 level, message = DiagnosticStatus.WARN, "no frames"
+            elif warning:
+                level, message = DiagnosticStatus.WARN, warning
             elif snapshot.seconds_skipped > previous.seconds_skipped:
                 level, message = DiagnosticStatus.WARN, "model behind real time: skipping"
         diagnostic.level, diagnostic.message = level, message
+        values = {
+            **vars(snapshot),
+            "frame_rate_stamps": figures.stamp_rate,
+            "frame_rate_received": figures.received_rate,
+            "frames_lost_fraction": figures.lost_fraction,
+        }
         diagnostic.values = [
-            KeyValue(key=key, value=_format_value(value))
-            for key, value in vars(snapshot).items()
+            KeyValue(key=key, value=_format_value(value)) for key, value in values.items()
         ]
         return diagnostic
 

@@ -10,6 +10,7 @@ and touch nothing else of each other.
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,11 @@ from svlm_ros.node import parameters as narrator_params
 from svlm_ros.node.fair_lock import FairLock
 from svlm_ros.node.parameters import CameraSpec
 from svlm_ros.node.stream_stats import CameraSnapshot, CameraStats
+from svlm_ros.node.transport_monitor import ArrivalMonitor
+
+
+class StreamRebuildFailed(RuntimeError):
+    """New stream settings could not be built; the previous ones were restored."""
 
 
 class CameraStream:
@@ -35,6 +41,10 @@ class CameraStream:
         self.frame_id = ""
         # Frame size last checked against the vision input's limits (aspect ratio).
         self.checked_size: tuple[int, int] | None = None
+        # (stamp, node clock seconds) of the newest frame that entered the stream: maps the
+        # node clock to the camera clock, to close periods whose end has passed.
+        self.newest_frame: tuple[float, float] | None = None
+        self.arrivals = ArrivalMonitor()
 
     def snapshot(self, default_period: float) -> CameraSnapshot:
         """The camera's counters now, with the current stream's sampler counts."""
@@ -68,6 +78,11 @@ class Streams:
         self.model_lock = FairLock()
         self.active = False
         self.error = ""
+        # The config the sessions run with (None while unloaded), and torch's thread count.
+        self.config: StreamConfig | None = None
+        # The stream parameter values that config was made from (to restore them).
+        self.config_values: dict[str, Any] = {}
+        self.torch_threads = 0
 
     def camera(self, name: str) -> CameraStream | None:
         """The camera called ``name``, or None."""
@@ -84,11 +99,14 @@ class Streams:
         if not values["model_path"]:
             raise ValueError("model_path is empty; set it to a checkpoint directory")
         device = narrator_params.model_device(values["device"])
-        if values["torch_threads"] > 0:
-            import torch
+        threads = values["torch_threads"] or narrator_params.automatic_torch_threads(
+            len(os.sched_getaffinity(0)), device.split(":")[0]
+        )
+        import torch
 
-            torch.set_num_threads(values["torch_threads"])
-        self.logger.info(f"loading {values['model_path']} on {device}")
+        torch.set_num_threads(threads)
+        self.torch_threads = threads
+        self.logger.info(f"loading {values['model_path']} on {device}, {threads} torch threads")
         loaded = load_model(
             values["model_path"],
             device=device,
@@ -98,6 +116,8 @@ class Streams:
         config = narrator_params.stream_config(values)
         sessions = [StreamingSession(loaded, config) for _ in self.cameras]
         self.loaded = loaded
+        self.config = config
+        self.config_values = self._stream_values()
         self.temporal_patch = sessions[0].vision.temporal_patch
         for camera, session in zip(self.cameras, sessions, strict=True):
             camera.session = session
@@ -113,29 +133,55 @@ class Streams:
             if session is not None:
                 session.interrupt()
 
-    def replace_session(self, camera: CameraStream, config: StreamConfig) -> None:
-        """Give the camera a fresh stream (empty memory). Caller holds the model lock."""
-        old = camera.session
-        if self.loaded is None:
-            return
-        try:
+    def resume(self) -> None:
+        """Re-arm every session after ``interrupt()`` (the node is activated again)."""
+        for camera in self.cameras:
+            session = camera.session
+            if session is not None:
+                session.resume()
+
+    def _build_all(self, config: StreamConfig) -> None:
+        """Replace every camera's session by a fresh one. Caller holds the model lock."""
+        old = [camera.session for camera in self.cameras]
+        for camera in self.cameras:
+            camera.session = None  # the old caches go before the new ones are allocated
+        gc.collect()
+        for camera, session in zip(self.cameras, old, strict=True):
             camera.session = StreamingSession(self.loaded, config)
-        except ValueError as error:
-            self.logger.error(f"camera {camera.spec.name}: cannot rebuild stream: {error}")
-            return
-        camera.checked_size = None
-        if old is not None:
-            camera.stats.record_stream_restart(
-                old.sampler.dropped_unconsumed, old.sampler.gap_seconds
-            )
+            camera.checked_size = None
+            camera.newest_frame = None
+            if session is not None:
+                camera.stats.record_stream_restart(
+                    session.sampler.dropped_unconsumed, session.sampler.gap_seconds
+                )
 
     def rebuild(self, reason: str) -> None:
-        """Restart every camera's stream with the current parameter values."""
+        """Restart every camera's stream with the current parameter values.
+
+        Raises:
+            StreamRebuildFailed: the new settings cannot run (e.g. their cache does not fit
+                in memory); the streams were rebuilt with the previous settings instead.
+        """
         config = narrator_params.stream_config(self.values)
         with self.model_lock:
-            for camera in self.cameras:
-                self.replace_session(camera, config)
+            if self.loaded is None:
+                return
+            previous = self.config
+            try:
+                self._build_all(config)
+            except Exception as error:
+                if previous is None:
+                    raise
+                self._build_all(previous)  # these ran a moment ago
+                raise StreamRebuildFailed(
+                    f"cannot restart the streams with the new settings ({reason}): {error}"
+                ) from error
+            self.config = config
+            self.config_values = self._stream_values()
         self.logger.info(f"streams restarted ({reason})")
+
+    def _stream_values(self) -> dict[str, Any]:
+        return {name: self.values[name] for name in narrator_params.STREAM_PARAMETERS}
 
     def unload(self) -> None:
         """Drop the sessions and the model and free GPU memory (the worker must be stopped)."""
@@ -148,7 +194,9 @@ class Streams:
                         sampler.dropped_unconsumed, sampler.gap_seconds
                     )
                 camera.session = None
+                camera.newest_frame = None
             self.loaded = None
+            self.config = None
         gc.collect()
         if cuda:
             import torch

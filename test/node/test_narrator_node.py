@@ -327,9 +327,15 @@ def test_twenty_concurrent_asks_all_answered_while_narrating(harness, narrator):
     assert_alive(narrator)
 
 
+# Frames the sampler does not need are dropped without being decoded, so a bad message is
+# only looked at (and rejected) when it would be kept: stamp it in a slot the camera has not
+# filled yet, one sampling interval (fps 2) ahead of the camera clock.
+AHEAD = 0.6
+
+
 def _bad_raw(harness, **fields):
-    """A front-camera rgb8 Image stamped now, with ``fields`` overriding its fields."""
-    message = raw_image(harness.front.frame, harness.front.now(), "front_optical_frame")
+    """A front-camera rgb8 Image stamped ahead, with ``fields`` overriding its fields."""
+    message = raw_image(harness.front.frame, harness.front.now() + AHEAD, "front_optical_frame")
     for name, value in fields.items():
         setattr(message, name, value)
     return message
@@ -352,7 +358,9 @@ BAD_FRONT = {
     ),
     # Accepted by the converter but impossible for the vision encoder (aspect ratio 640:1).
     "640x1": (
-        lambda h: raw_image(np.zeros((1, 640, 3), np.uint8), h.front.now(), "front_optical_frame"),
+        lambda h: raw_image(
+            np.zeros((1, 640, 3), np.uint8), h.front.now() + AHEAD, "front_optical_frame"
+        ),
         "aspect ratio",
     ),
 }
@@ -365,19 +373,31 @@ def _png_8000x8000() -> bytes:
 
 BAD_REAR = {
     "corrupt-jpeg": (
-        lambda h: compressed_image(h.rear.jpeg[:200] + bytes(5000), h.rear.now(), "rear_frame"),
+        lambda h: compressed_image(
+            h.rear.jpeg[:200] + bytes(5000), h.rear.now() + AHEAD, "rear_frame"
+        ),
         "could not decode",
     ),
     "random-bytes": (
-        lambda h: compressed_image(os.urandom(3000), h.rear.now(), "rear_optical_frame"),
-        "could not decode",
+        lambda h: compressed_image(os.urandom(3000), h.rear.now() + AHEAD, "rear_optical_frame"),
+        "format says jpeg but the message holds data starting",
+    ),
+    # A valid PNG labelled jpeg: a decoder would take it; the declared format is checked.
+    "png-labelled-jpeg": (
+        lambda h: compressed_image(
+            cv2.imencode(".png", h.front.frame)[1].tobytes(), h.rear.now() + AHEAD,
+            "rear_optical_frame", "jpeg",
+        ),
+        "format says jpeg but the message holds png data",
     ),
     "unknown-format": (
-        lambda h: compressed_image(h.rear.jpeg, h.rear.now(), "rear_optical_frame", "tiff"),
+        lambda h: compressed_image(h.rear.jpeg, h.rear.now() + AHEAD, "rear_optical_frame", "tiff"),
         "unknown compressed format",
     ),
     "8000x8000-png": (
-        lambda h: compressed_image(_png_8000x8000(), h.rear.now(), "rear_optical_frame", "png"),
+        lambda h: compressed_image(
+            _png_8000x8000(), h.rear.now() + AHEAD, "rear_optical_frame", "png"
+        ),
         "exceeds max_pixels",
     ),
 }

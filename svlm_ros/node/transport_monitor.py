@@ -1,0 +1,126 @@
+"""Lost frames between camera and narrator: measured from the stamps alone (plain Python).
+
+A camera stamps its frames at a steady rate. Consecutive frames that arrived with stamps two
+intervals apart mean one frame in between was lost on the way (middleware, network, a full
+subscription queue). So, over the newest ``window`` arrivals:
+
+* the camera's interval is a low percentile of the stamp differences (robust to a few lost
+  frames and to jitter), and ``stamp_rate`` = 1 / interval is the rate the stamps imply;
+* each difference ``d`` up to ``STALL_SECONDS`` stands for ``round(d / interval)`` frames
+  published, of which one arrived; ``lost_fraction`` = 1 - arrived / published. Longer
+  differences are stalls (the camera stopped), not loss, and are left out;
+* ``received_rate`` = ``stamp_rate`` x (1 - ``lost_fraction``): frames per second of camera
+  time that reached the node.
+
+Everything is in camera time, so a bag replayed at any speed or simulated time reads the same.
+``explain`` turns the figures into a warning that names the likely cause and the fixes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+#: Stamp differences longer than this (s) are stalls, not lost frames.
+STALL_SECONDS = 1.0
+#: Fewer stamp differences than this give no estimate.
+MIN_SAMPLES = 10
+#: Loss above this fraction is reported as a warning.
+WARN_LOST_FRACTION = 0.2
+#: Fast DDS's default shared-memory segment (bytes): larger best-effort messages are mostly
+#: lost between processes on one host.
+FASTDDS_DEFAULT_SEGMENT_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class ArrivalFigures:
+    """What the stamps say about arrival (NaN while there are too few frames).
+
+    Attributes:
+        stamp_rate: Frames per second the camera publishes, from the stamp spacing.
+        received_rate: Frames per second of camera time that arrived.
+        lost_fraction: Share of published frames that never arrived, in [0, 1].
+        message_bytes: Size of the newest message's image data.
+    """
+
+    stamp_rate: float
+    received_rate: float
+    lost_fraction: float
+    message_bytes: int
+
+
+class ArrivalMonitor:
+    """Keeps the newest stamps of one camera and estimates the frames lost in transport.
+
+    Args:
+        window: Stamp differences kept.
+    """
+
+    def __init__(self, window: int = 120) -> None:
+        if window < MIN_SAMPLES:
+            raise ValueError(f"window must be >= {MIN_SAMPLES}, got {window}")
+        self._lock = threading.Lock()
+        self._differences: deque[float] = deque(maxlen=window)
+        self._last_stamp: float | None = None
+        self._message_bytes = 0
+
+    def record(self, stamp: float, message_bytes: int) -> None:
+        """One message arrived with header stamp ``stamp`` (s) and ``message_bytes`` of data."""
+        if not math.isfinite(stamp):
+            return
+        with self._lock:
+            self._message_bytes = int(message_bytes)
+            if self._last_stamp is not None and stamp > self._last_stamp:
+                self._differences.append(stamp - self._last_stamp)
+            # A stamp going back (clock restart) starts the differences over from it.
+            self._last_stamp = stamp
+
+    def figures(self) -> ArrivalFigures:
+        """The estimate over the window."""
+        with self._lock:
+            differences = [d for d in self._differences if d <= STALL_SECONDS]
+            message_bytes = self._message_bytes
+        if len(differences) < MIN_SAMPLES:
+            return ArrivalFigures(math.nan, math.nan, math.nan, message_bytes)
+        ordered = sorted(differences)
+        interval = ordered[len(ordered) // 10]  # 10th percentile: a spacing that arrived whole
+        published = sum(max(1, round(d / interval)) for d in differences)
+        lost = 1.0 - len(differences) / published
+        stamp_rate = 1.0 / interval
+        return ArrivalFigures(stamp_rate, stamp_rate * (1.0 - lost), lost, message_bytes)
+
+
+def explain(figures: ArrivalFigures, *, transport: str, reliability: str) -> str:
+    """A warning naming the likely cause of lost frames and the fixes; '' when none are lost.
+
+    Args:
+        figures: The camera's arrival figures.
+        transport: ``raw`` or ``compressed``.
+        reliability: The subscription's ``qos_reliability``.
+    """
+    if not figures.lost_fraction > WARN_LOST_FRACTION:  # also false for NaN
+        return ""
+    head = (
+        f"frames lost in transport: {figures.received_rate:.1f} of {figures.stamp_rate:.1f} "
+        f"frames/s arrive ({figures.lost_fraction:.0%} lost before the node)"
+    )
+    if transport == "raw" and figures.message_bytes > FASTDDS_DEFAULT_SEGMENT_BYTES:
+        return (
+            f"{head}. Likely cause: {figures.message_bytes // 1024} KB images are larger than "
+            "Fast DDS's default 512 KB shared-memory segment, and the publisher's segment is "
+            "what counts. Fixes: start the camera with FASTDDS_DEFAULT_PROFILES_FILE set to "
+            "svlm_ros's config/fastdds_large_images.xml; or publish and subscribe compressed "
+            "(image_transports: compressed); or publish smaller images"
+        )
+    if reliability == "best_effort":
+        return (
+            f"{head}. Likely cause: a busy network or CPU (best-effort messages are dropped "
+            "when late). Fixes: publish compressed or smaller images; a reliable publisher "
+            "with qos_reliability: reliable; fewer processes on a busy CPU"
+        )
+    return (
+        f"{head}. Likely cause: the publisher's queue or a busy CPU. Fixes: a deeper publisher "
+        "history, compressed or smaller images, fewer processes on a busy CPU"
+    )
