@@ -49,6 +49,10 @@ class WorldConfig:
         max_objects: Most shapes in view at once.
         quiet_share: Probability that a second has no event.
         step_fraction: How far a ``moves`` event carries a shape, as a share of the frame width.
+        pause_every, pause_seconds: The last ``pause_seconds`` of every ``pause_every`` seconds
+            are a pause: nothing happens. What happened before a pause has left the vision
+            window by its end and lives only in the narration's previous text (memory
+            questions are asked there). ``pause_seconds`` 0 turns pauses off.
     """
 
     seed: int = 0
@@ -57,6 +61,8 @@ class WorldConfig:
     max_objects: int = 3
     quiet_share: float = 0.4
     step_fraction: float = 0.22
+    pause_every: int = 300
+    pause_seconds: int = 75
 
     def __post_init__(self):
         if self.width < 32 or self.height < 32:
@@ -65,6 +71,9 @@ class WorldConfig:
             raise ValueError(f"max_objects must be in [1, {len(SHAPES) * len(COLOURS)}]")
         if not 0.0 <= self.quiet_share < 1.0:
             raise ValueError("quiet_share must be in [0, 1)")
+        if self.pause_seconds < 0 or (self.pause_seconds and
+                                      self.pause_every <= self.pause_seconds):
+            raise ValueError("need 0 <= pause_seconds < pause_every")
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,12 @@ class World:
         self._extend(seconds)
         return [self._events[s] for s in sorted(self._events) if s < seconds]
 
+    def in_pause(self, second: int) -> bool:
+        """Whether stream second ``second`` lies in a pause (see ``WorldConfig``)."""
+        cfg = self.config
+        return cfg.pause_seconds > 0 and (second % cfg.pause_every
+                                          >= cfg.pause_every - cfg.pause_seconds)
+
     def _visible(self) -> list[_Track]:
         return [track for track in self._tracks if not track.gone and track.keys]
 
@@ -185,7 +200,8 @@ class World:
     def _draw_second(self, second: int) -> None:
         cfg, rng = self.config, self._rng
         visible = self._visible()
-        quiet = rng.random() < cfg.quiet_share
+        # The draw happens in pauses too, so that pauses do not shift the rest of the timeline.
+        quiet = rng.random() < cfg.quiet_share or self.in_pause(second)
         choices = []
         if len(visible) < cfg.max_objects:
             choices.append("enter")

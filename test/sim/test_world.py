@@ -120,3 +120,18 @@ def test_bag_writer_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path)
         write_world_bag(tmp_path / "cut", world, BagSettings(seconds=4, camera_hz=2.0),
                         progress=fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_pauses_are_quiet_and_do_not_shift_the_rest_of_the_timeline():
+    paused = World(WorldConfig(seed=9, pause_every=100, pause_seconds=30))
+    unpaused = World(WorldConfig(seed=9, pause_seconds=0))
+    for second in range(400):
+        if paused.in_pause(second):
+            assert paused.event_at(second) is None
+    assert [paused.in_pause(s) for s in (69, 70, 99, 100)] == [False, True, True, False]
+    assert not any(unpaused.in_pause(s) for s in range(400))
+    # Up to the first pause, both worlds are the same world.
+    assert [paused.sentence_at(s) for s in range(70)] == [unpaused.sentence_at(s)
+                                                           for s in range(70)]
+    with pytest.raises(ValueError, match="pause_seconds"):
+        WorldConfig(pause_every=10, pause_seconds=10)

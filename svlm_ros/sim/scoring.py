@@ -1,0 +1,129 @@
+"""Score narration of the simulated world against its ground truth, second by second.
+
+A second counts as right when
+  * the world was quiet and the narration is silent, or
+  * an event happened and the narration names the same event words (kind, colour, shape and
+    direction, read by ``parse_event``); other words around them do not matter.
+
+Two reference points come with every score: *always silent* (the share of quiet seconds: what
+a narrator that never speaks gets) and *chance* (a narrator that is silent as often as the world
+is quiet and otherwise names a random event).
+
+Memory questions ask about something that left the vision window minutes ago and now lives only
+in the ``previous text``: "What colour was the last shape that left?".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from svlm_ros.sim.world import COLOURS, DIRECTIONS, SHAPES, World, parse_event
+
+#: Kinds of event the world produces (``turns`` is a move in a new direction).
+EVENT_KINDS = ("enters", "moves", "turns", "leaves")
+
+
+def second_is_right(world: World, second: int, text: str) -> bool:
+    """Whether the narration ``text`` of stream second ``second`` matches the ground truth."""
+    event = world.event_at(second)
+    if event is None:
+        return not text.strip()
+    return parse_event(text) == event.words
+
+
+@dataclass
+class SliceScore:
+    """Accuracy over ``[start, end)`` stream seconds."""
+
+    start: int
+    end: int
+    seconds: int
+    right: int
+    event_seconds: int
+    events_right: int
+    quiet_seconds: int
+    quiet_right: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.right / self.seconds if self.seconds else float("nan")
+
+    @property
+    def always_silent(self) -> float:
+        return self.quiet_seconds / self.seconds if self.seconds else float("nan")
+
+
+def score_narration(world: World, narration: Iterable[tuple[int, str]],
+                    slice_seconds: int = 600) -> list[SliceScore]:
+    """Per-slice accuracy of ``(second, text)`` pairs (stream seconds from 0).
+
+    Seconds without narration (skipped, or beyond the transcript) are not counted.
+    """
+    if slice_seconds < 1:
+        raise ValueError(f"slice_seconds must be >= 1, got {slice_seconds}")
+    slices: dict[int, SliceScore] = {}
+    for second, text in narration:
+        index = int(second) // slice_seconds
+        score = slices.setdefault(index, SliceScore(index * slice_seconds,
+                                                    (index + 1) * slice_seconds,
+                                                    0, 0, 0, 0, 0, 0))
+        right = second_is_right(world, int(second), text)
+        score.seconds += 1
+        score.right += right
+        if world.event_at(int(second)) is None:
+            score.quiet_seconds += 1
+            score.quiet_right += right
+        else:
+            score.event_seconds += 1
+            score.events_right += right
+    return [slices[index] for index in sorted(slices)]
+
+
+def total(scores: list[SliceScore]) -> SliceScore:
+    """All slices together."""
+    fields = ("seconds", "right", "event_seconds", "events_right", "quiet_seconds",
+              "quiet_right")
+    sums = {name: sum(getattr(s, name) for s in scores) for name in fields}
+    return SliceScore(scores[0].start if scores else 0, scores[-1].end if scores else 0, **sums)
+
+
+def chance_accuracy(quiet_share: float) -> float:
+    """Accuracy of a guesser that is silent with the world's quiet share, otherwise names one of
+    the world's possible events uniformly at random."""
+    possible_events = len(EVENT_KINDS) * len(COLOURS) * len(SHAPES) * len(DIRECTIONS)
+    return quiet_share**2 + (1 - quiet_share) ** 2 / possible_events
+
+
+@dataclass(frozen=True)
+class MemoryQuestion:
+    """A question whose answer left the vision window ``age`` seconds before it is asked."""
+
+    second: int  # asked after this stream second was narrated
+    question: str
+    answer: str  # the word the answer must contain
+    age: int
+
+
+def last_left_questions(world: World, seconds: int, *, min_age: int = 60
+                        ) -> list[MemoryQuestion]:
+    """"What colour was the last shape that left?", asked at the end of every pause of the
+    first ``seconds`` seconds where the last shape left at least ``min_age`` seconds before
+    (long out of the vision window: the answer is only in the previous text)."""
+    questions = []
+    leaves = [e for e in world.events(seconds) if e.kind == "leaves"]
+    for asked in range(seconds):
+        if not world.in_pause(asked) or world.in_pause(asked + 1):
+            continue  # only at the last second of a pause
+        before = [e for e in leaves if e.second <= asked]
+        if before and asked - before[-1].second >= min_age:
+            questions.append(MemoryQuestion(asked, "What colour was the last shape that left?",
+                                            before[-1].colour, asked - before[-1].second))
+    return questions
+
+
+def answer_is_right(question: MemoryQuestion, answer: str) -> bool:
+    """The answer names the right colour and no other."""
+    named = {colour for colour in COLOURS if colour in answer.lower().split()
+             or f"{colour}." in answer.lower() or f"{colour}," in answer.lower()}
+    return named == {question.answer}

@@ -1,0 +1,59 @@
+"""Scoring narration of the simulated world: right, wrong, silent, and the reference points."""
+
+from __future__ import annotations
+
+import pytest
+
+from svlm_ros.sim.scoring import (
+    answer_is_right,
+    chance_accuracy,
+    last_left_questions,
+    score_narration,
+    second_is_right,
+    total,
+)
+from svlm_ros.sim.world import World, WorldConfig
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(WorldConfig(seed=21))
+
+
+def test_a_perfect_narrator_scores_one_and_a_silent_one_the_quiet_share(world):
+    seconds = 1800
+    truth = [(s, world.sentence_at(s)) for s in range(seconds)]
+    perfect = score_narration(world, truth)
+    assert [s.accuracy for s in perfect] == [1.0, 1.0, 1.0]
+    silent = score_narration(world, [(s, "") for s in range(seconds)])
+    for piece in silent:
+        assert piece.accuracy == pytest.approx(piece.always_silent)
+        assert piece.events_right == 0 and piece.quiet_right == piece.quiet_seconds
+    overall = total(silent)
+    assert overall.seconds == seconds
+    assert 0.0 < chance_accuracy(overall.always_silent) < overall.always_silent
+
+
+def test_event_words_must_all_match_but_wording_around_them_may_differ(world):
+    event = next(e for e in world.events(100) if e.kind == "moves")
+    colour, shape, direction = event.colour, event.shape, event.direction
+    assert second_is_right(world, event.second, f"Now the {colour} {shape} moves {direction} ...")
+    other = "left" if direction != "left" else "right"
+    assert not second_is_right(world, event.second, f"the {colour} {shape} moves {other}")
+    assert not second_is_right(world, event.second, "")
+    quiet = next(s for s in range(100) if world.event_at(s) is None)
+    assert second_is_right(world, quiet, "  ")
+    assert not second_is_right(world, quiet, f"the {colour} {shape} moves {direction}")
+
+
+def test_memory_questions_point_minutes_back_and_answers_are_checked(world):
+    questions = last_left_questions(world, 7200, min_age=60)
+    assert len(questions) >= 10  # a pause every 5 minutes
+    for question in questions:
+        leaves = [e for e in world.events(question.second + 1) if e.kind == "leaves"]
+        assert leaves[-1].colour == question.answer
+        assert question.second - leaves[-1].second == question.age >= 60
+        assert answer_is_right(question, f"It was {question.answer}.")
+        assert not answer_is_right(question, "I do not know")
+        other = "red" if question.answer != "red" else "blue"
+        assert not answer_is_right(question, f"{question.answer} or {other}")
