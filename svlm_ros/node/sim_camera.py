@@ -2,9 +2,15 @@
 
 Publishes (relative names; run it in the narrator's namespace or remap):
   * ``camera/image_raw`` (``sensor_msgs/Image``, rgb8) at ``rate`` Hz;
-  * ``ground_truth`` (``std_msgs/String``): the sentence of each event second, in the middle
-    of that second; quiet seconds publish nothing;
+  * ``ground_truth`` (``svlm_ros/Narration``, as the narrator's own output): one message at
+    the end of every second, stamped like a narration (end of the second on the camera clock),
+    with the event's sentence, or ``silent`` for a quiet second; so narration and ground truth
+    pair up by stamp. (Bags written by ``svlm-sim bag`` carry it as ``std_msgs/String``.)
   * ``/clock`` (``rosgraph_msgs/Clock``) when ``sim_time`` is on.
+
+``wait_for_subscribers`` holds the world at second 0 until that many subscriptions matched the
+camera topic, so a narrator started alongside sees the stream from its first frame and its
+seconds line up with the world's (the ground truth is per world second).
 
 Two clocks:
   * wall time (default): frames are stamped with the node's clock as they are made;
@@ -15,7 +21,6 @@ Two clocks:
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import rclpy
@@ -26,8 +31,8 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
 
+from svlm_ros.msg import Narration
 from svlm_ros.sim.world import World, WorldConfig
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -41,6 +46,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "start_stamp": (1_750_000_000.0, "With sim_time: the clock at stream second 0."),
     "frame_id": ("sim_camera", "Header frame_id of the images."),
     "reliable": (False, "Publish images reliably (default: best effort, as camera drivers)."),
+    "wait_for_subscribers": (0, "Start the world only once this many subscriptions matched the "
+                                "camera topic (0: start at once)."),
 }
 
 
@@ -74,12 +81,11 @@ class SimCameraNode(Node):
         self.images = self.create_publisher(
             Image, "camera/image_raw", QoSProfile(depth=5, reliability=reliability)
         )
-        self.truth = self.create_publisher(String, "ground_truth", 10)
+        self.truth = self.create_publisher(Narration, "ground_truth", 50)
         self.clock = self.create_publisher(Clock, "/clock", 10) if values["sim_time"] else None
         self.frame = 0
-        self.last_truth_second = -1
-        self.started = time.monotonic()
-        self.wall_origin = self.get_clock().now().nanoseconds * 1e-9
+        self.truth_seconds = 0  # seconds whose ground truth went out
+        self.wall_origin: float | None = None  # set when the world starts
         self.finished = False
         # Wall timer in both modes: sim time is driven by this node, not by /clock.
         period = 1.0 / (values["rate"] * (values["speed"] if values["sim_time"] else 1.0))
@@ -95,23 +101,29 @@ class SimCameraNode(Node):
             return self.frame / self.values["rate"]
         return self.get_clock().now().nanoseconds * 1e-9 - self.wall_origin
 
+    def _origin(self) -> float:
+        return self.values["start_stamp"] if self.values["sim_time"] else self.wall_origin
+
     def _tick(self) -> None:
         values = self.values
+        if self.wall_origin is None:
+            if self.images.get_subscription_count() < values["wait_for_subscribers"]:
+                return
+            self.wall_origin = self.get_clock().now().nanoseconds * 1e-9
         t = self._stream_time()
+        # Ground truth of every second that has ended, stamped with its end.
+        while self.truth_seconds < int(t) and (not values["seconds"]
+                                               or self.truth_seconds < values["seconds"]):
+            self._publish_truth(self.truth_seconds)
+            self.truth_seconds += 1
         if values["seconds"] and t >= values["seconds"]:
             if not self.finished:
                 self.finished = True
                 self.get_logger().info(f"{values['seconds']} s simulated; done")
             return
-        stamp = (values["start_stamp"] + t if values["sim_time"] else self.wall_origin + t)
+        stamp = self._origin() + t
         if self.clock is not None:
             self.clock.publish(Clock(clock=seconds_to_time(stamp)))
-        second = int(t)
-        if t - second >= 0.5 and second > self.last_truth_second:
-            self.last_truth_second = second
-            sentence = self.world.sentence_at(second)
-            if sentence:
-                self.truth.publish(String(data=sentence))
         picture = self.world.render(t)
         message = Image()
         message.header.stamp = seconds_to_time(stamp)
@@ -122,6 +134,17 @@ class SimCameraNode(Node):
         message.data = picture.tobytes()
         self.images.publish(message)
         self.frame += 1
+
+    def _publish_truth(self, second: int) -> None:
+        sentence = self.world.sentence_at(second)
+        message = Narration()
+        message.header.stamp = seconds_to_time(self._origin() + second + 1)
+        message.header.frame_id = self.values["frame_id"]
+        message.camera = "sim"
+        message.stream_time = float(second + 1)
+        message.text = sentence
+        message.silent = not sentence
+        self.truth.publish(message)
 
 
 def main(args: list[str] | None = None) -> int:
