@@ -33,15 +33,16 @@ def second_chrf(hypothesis: str, reference: str) -> float:
 
 
 def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
-    """Corpus chrF over the seconds whose reference has words, and sacrebleu's signature.
+    """Corpus chrF over the seconds whose reference has words, and sacrebleu's signature
+    (NaN and no signature when the reference never speaks).
 
     Seconds the reference leaves silent are scored by silence agreement instead (chrF of two
     empty strings means nothing).
     """
     pairs = [(h, r) for h, r in zip(hypotheses, references, strict=True) if r.strip()]
-    metric = _chrf()
     if not pairs:
-        return float("nan"), str(metric.get_signature())
+        return float("nan"), ""
+    metric = _chrf()
     score = metric.corpus_score([h for h, _ in pairs], [[r for _, r in pairs]])
     return float(score.score), str(metric.get_signature())
 

@@ -1,0 +1,93 @@
+"""svlm-eval: a bag replayed through the engine's StreamingSession, transcript and scores."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from bag_factory import BagSpec, write_bag
+from conftest import SMALL_FRAMES, leftovers
+from svlm_training.dataset_format import SecondsDataset
+from svlm_training.evaluation import main
+from svlm_training.scoring import corpus_chrf, score_transcript, second_chrf, silence_agreement
+
+TEXTS = {0: "the card is red", 3: "now it is green", 6: "a blue card", 7: "blue"}
+
+
+def test_second_scores():
+    assert second_chrf("the red card", "the red card") == pytest.approx(100.0)
+    assert second_chrf("", "") == 100.0
+    assert second_chrf("", "something") == 0.0 and second_chrf("something", "") == 0.0
+    assert 0 < second_chrf("the red cards", "a red card") < 100
+
+
+def test_transcript_scores():
+    hypotheses = ["red card", "", "green", "talking", ""]
+    references = ["red card", "", "green", "", "blue"]
+    assert silence_agreement(hypotheses, references) == pytest.approx(3 / 5)
+    chrf, signature = corpus_chrf(hypotheses, references)
+    # Only the three seconds with reference words count; one of them was missed.
+    assert 0 < chrf < 100 and signature.startswith("nrefs:1")
+    assert math.isnan(corpus_chrf(["a"], [""])[0])
+    scores = score_transcript(hypotheses, references)
+    assert scores["reference_spoken_seconds"] == 3 and scores["model_spoken_seconds"] == 3
+    perfect = score_transcript(references, references)
+    assert perfect["chrf"] == pytest.approx(100.0) and perfect["silence_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("text_type", ["string", "narration"])
+def test_eval_replays_the_bag_in_stream_time(tmp_path, tiny_model_path, build_dataset, capsys,
+                                             text_type):
+    bag = write_bag(tmp_path / "bag", BagSpec(seconds=10, texts=TEXTS, text_type=text_type,
+                                              storage="mcap", image="compressed"))
+    out = tmp_path / "eval"
+    code = main(["--bag", str(bag), "--model", str(tiny_model_path), "--image-topic",
+                 "/camera/image", "--text-topic", "/commentary", "--out", str(out), "--quiet",
+                 "--max-new-tokens", "6", *SMALL_FRAMES])
+    assert code == 0, capsys.readouterr().err
+    summary = capsys.readouterr().out
+    assert "9 seconds narrated" in summary and "chrF" in summary
+
+    rows = [json.loads(line) for line in (out / "transcript.jsonl").read_text().splitlines()]
+    assert [r["second"] for r in rows] == [float(s) for s in range(9)]
+    # References are aligned exactly as the training dataset aligns text.
+    code, data_dir = build_dataset([bag])
+    assert code == 0
+    assert [r["reference"] for r in rows] == SecondsDataset(data_dir).texts(range(9))
+    for row in rows:
+        assert row["latency"] > 0 and 1 <= row["generated_tokens"] <= 6
+        assert row["silent"] == (row["text"] == "")
+        assert row["chrf"] == pytest.approx(second_chrf(row["text"], row["reference"]))
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["seconds"] == 9
+    assert scores["silence_agreement"] == pytest.approx(
+        silence_agreement([r["text"] for r in rows], [r["reference"] for r in rows]))
+    assert scores["settings"]["max_new_tokens"] == 6
+    assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    assert leftovers(tmp_path) == []
+
+
+def test_eval_without_reference_text(tmp_path, tiny_model_path, capsys):
+    bag = write_bag(tmp_path / "bag", BagSpec(seconds=5, texts=TEXTS))
+    out = tmp_path / "eval"
+    code = main(["--bag", str(bag), "--model", str(tiny_model_path), "--image-topic",
+                 "/camera/image", "--out", str(out), "--quiet", "--max-new-tokens", "4",
+                 "--max-seconds", "2", *SMALL_FRAMES])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "transcript.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and "reference" not in rows[0]
+    scores = json.loads((out / "scores.json").read_text())
+    assert "chrf" not in scores and scores["stamps"] == "header"
+
+
+def test_eval_errors_name_the_problem(tmp_path, tiny_model_path, capsys):
+    bag = write_bag(tmp_path / "bag", BagSpec(seconds=3))
+    out = tmp_path / "eval"
+    base = ["--bag", str(bag), "--model", str(tiny_model_path), "--out", str(out), "--quiet"]
+    assert main([*base, "--image-topic", "/nope"]) == 1
+    err = capsys.readouterr().err
+    assert "no image topic '/nope'" in err and "/camera/image" in err
+    out.mkdir()
+    assert main([*base, "--image-topic", "/camera/image"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
