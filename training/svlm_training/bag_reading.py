@@ -9,7 +9,8 @@ rosbags reads them. Images are ``sensor_msgs/msg/Image`` (every encoding the nod
 ``svlm_ros/msg/Narration`` is not in rosbags' built-in type stores. It is registered from this
 repository's own ``msg/Narration.msg`` text, found where each kind of install puts it: a ROS
 install prefix (``share/svlm_ros/msg`` on ``AMENT_PREFIX_PATH``), the pip install prefix (the
-wheel ships the file as data there) or the source checkout.
+wheel ships the file as data there, or beside the packages with ``--target``) or the source
+checkout.
 
 Every failure a user can cause with a bad bag becomes a ``BagError`` whose message names the
 bag and the problem: no bag at the path, a file that is not a bag, corrupt or truncated
@@ -53,8 +54,11 @@ def narration_msg_file() -> Path:
     for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
         if prefix:
             candidates.append(Path(prefix) / "share" / "svlm_ros" / "msg" / "Narration.msg")
-    # pip installs the file as data under the environment prefix (see setup.py data_files).
+    # pip installs the file as data under the environment prefix (see setup.py data_files),
+    # or beside the packages with `pip install --target DIR`.
     candidates.append(Path(sys.prefix) / "share" / "svlm_ros" / "msg" / "Narration.msg")
+    candidates.append(Path(__file__).resolve().parents[1] / "share" / "svlm_ros" / "msg"
+                      / "Narration.msg")
     # A source checkout: training/svlm_training/bag_reading.py -> <repo>/msg/Narration.msg.
     candidates.append(Path(__file__).resolve().parents[2] / "msg" / "Narration.msg")
     for candidate in candidates:
