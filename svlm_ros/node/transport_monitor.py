@@ -4,8 +4,9 @@ A camera stamps its frames at a steady rate. Consecutive frames that arrived wit
 intervals apart mean one frame in between was lost on the way (middleware, network, a full
 subscription queue). So, over the newest ``window`` arrivals:
 
-* the camera's interval is a low percentile of the stamp differences (robust to a few lost
-  frames and to jitter), and ``stamp_rate`` = 1 / interval is the rate the stamps imply;
+* the camera's interval is the median of the stamp differences close to their 10th
+  percentile (those between two frames that both arrived; robust to lost frames and jitter),
+  and ``stamp_rate`` = 1 / interval is the rate the stamps imply;
 * each difference ``d`` up to ``STALL_SECONDS`` stands for ``round(d / interval)`` frames
   published, of which one arrived; ``lost_fraction`` = 1 - arrived / published. Longer
   differences are stalls (the camera stopped), not loss, and are left out;
@@ -24,9 +25,9 @@ from collections import deque
 from dataclasses import dataclass
 
 #: Stamp differences longer than this (s) are stalls, not lost frames.
-STALL_SECONDS = 1.0
+STALL_SECONDS = 3.0
 #: Fewer stamp differences than this give no estimate.
-MIN_SAMPLES = 10
+MIN_SAMPLES = 5
 #: Loss above this fraction is reported as a warning.
 WARN_LOST_FRACTION = 0.2
 #: Fast DDS's default shared-memory segment (bytes): larger best-effort messages are mostly
@@ -85,7 +86,11 @@ class ArrivalMonitor:
         if len(differences) < MIN_SAMPLES:
             return ArrivalFigures(math.nan, math.nan, math.nan, message_bytes)
         ordered = sorted(differences)
-        interval = ordered[len(ordered) // 10]  # 10th percentile: a spacing that arrived whole
+        # A low percentile is a spacing between two frames that both arrived; the median of
+        # the spacings near it is the camera's interval, free of the stamps' jitter.
+        low = ordered[len(ordered) // 10]
+        single = [d for d in ordered if d < 1.5 * low]
+        interval = single[len(single) // 2]
         published = sum(max(1, round(d / interval)) for d in differences)
         lost = 1.0 - len(differences) / published
         stamp_rate = 1.0 / interval

@@ -4,6 +4,7 @@ test_narrator_node.py drives one long-running narrator; these tests each start t
 short-lived one to check what happens at start-up and at the end.
 """
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -162,5 +163,72 @@ def test_lifecycle_by_hand_sim_time_then_sigterm_within_5_s(spawn_node, tiny_mod
         assert narrator.stop(timeout=5.0, sig=signal.SIGTERM) == 0, narrator.describe()
         assert time.monotonic() - started < 5.0
         assert "Traceback" not in narrator.output(), narrator.output()
+    finally:
+        harness.close()
+
+
+LOAD_GATE_HOOK = '''\
+"""Test hook (sitecustomize): load_model waits until the test creates the gate file."""
+import os
+import time
+
+import svlm_ros.engine.model_loading as loading
+
+_load_model = loading.load_model
+
+
+def _gated_load_model(*args, **kwargs):
+    gate = os.environ["SVLM_TEST_LOAD_GATE"]
+    open(gate + ".waiting", "w").close()
+    while not os.path.exists(gate):
+        time.sleep(0.05)
+    return _load_model(*args, **kwargs)
+
+
+loading.load_model = _gated_load_model
+'''
+
+
+def test_autostart_answers_status_lifecycle_and_parameters_while_the_model_loads(
+    spawn_node, tiny_model_path, tmp_path
+):
+    # Review: with autostart the model was loaded before the executor spun, so during a long
+    # load (a 7B model: tens of seconds) nothing answered. Here the load waits for the test.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LOAD_GATE_HOOK)
+    gate = tmp_path / "gate"
+    narrator = spawn_node(
+        "svlm_ros",
+        "narrator",
+        narrator_args(
+            installed_params_file(),
+            "-r", "__ns:=/autostart_test",
+            "-p", f"model_path:={tiny_model_path}",
+            "-p", "torch_threads:=1",
+            "-p", "max_pixels:=100352",
+            "-p", "status_period:=0.2",
+        ),  # fmt: skip
+        env={
+            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+            "SVLM_TEST_LOAD_GATE": str(gate),
+        },
+    )
+    harness = NarratorHarness("/autostart_test", node_name="autostart_test_client")
+    try:
+        deadline = time.monotonic() + 60.0
+        while not Path(f"{gate}.waiting").exists():  # the load has begun
+            assert narrator.poll() is None, narrator.describe()
+            assert time.monotonic() < deadline, f"load never began: {narrator.describe()}"
+            time.sleep(0.1)  # polling a file; nothing to wait on
+        assert harness.lifecycle_state() == "configuring", narrator.describe()
+        status = harness.wait_for(harness.latest_status, 20.0, "a status during the load")
+        assert status.state == "configuring"
+        assert harness.get_parameters(["fps"])[0].value == 2.0
+        gate.touch()
+        harness.wait_for(
+            lambda: (s := harness.latest_status()) and s.state == "active", 60.0, "active"
+        )
+        assert narrator.stop(timeout=5.0) == 0, narrator.describe()
     finally:
         harness.close()
