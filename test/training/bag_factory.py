@@ -49,6 +49,9 @@ class BagSpec:
         frame_stamps: Optional override of the image header stamps (offsets from START).
         encodings: Optional per-frame encoding override (frame index -> encoding).
         split_at: Split the bag into two files at this stream time (s), or not at all.
+        height, width: Camera image size.
+        camera: Narration's ``camera`` field.
+        other_camera: Also write Narration of a second camera (other words) on the same topic.
     """
 
     seconds: int = 8
@@ -63,6 +66,10 @@ class BagSpec:
     frame_stamps: list[float] | None = None
     encodings: dict[int, str] = field(default_factory=dict)
     split_at: float | None = None
+    height: int = 48
+    width: int = 64
+    camera: str = "front"
+    other_camera: str | None = None
     image_topic: str = "/camera/image"
     text_topic: str = "/commentary"
     extra_topics: dict[str, str] = field(
@@ -104,7 +111,7 @@ def _text_message(typestore, spec: BagSpec, second: int, text: str):
     if spec.text_type == "narration":
         Narration = typestore.types["svlm_ros/msg/Narration"]
         end = START + second + 1
-        return Narration(header=_header(typestore, end), camera="front",
+        return Narration(header=_header(typestore, end), camera=spec.camera,
                          stream_time=float(second + 1), text=text, silent=not text,
                          latency=0.2, cache_tokens=0), end + 0.2
     String = typestore.types["std_msgs/msg/String"]
@@ -128,7 +135,8 @@ def write_bag(path: Path, spec: BagSpec | None = None,
         offset = (spec.frame_stamps[index] if spec.frame_stamps is not None
                   else index / spec.camera_hz)
         encoding = spec.encodings.get(index, spec.encoding)
-        message = _image_message(typestore, spec, frame_for(offset), START + offset, encoding)
+        image = frame_for(offset, spec.height, spec.width)
+        message = _image_message(typestore, spec, image, START + offset, encoding)
         # Receive time: a little after capture, always in order (as a recorder sees it).
         events.append((START + index / spec.camera_hz + 0.01, "image", message))
     if spec.text_type == "narration":
@@ -138,6 +146,10 @@ def write_bag(path: Path, spec: BagSpec | None = None,
     for second, text in texts.items():
         message, receive = _text_message(typestore, spec, second, text)
         events.append((receive, "text", message))
+        if spec.other_camera is not None:
+            other, receive = _text_message(typestore, spec, second, f"other view {second}")
+            other.camera = spec.other_camera
+            events.append((receive + 0.001, "text", other))
     events.sort(key=lambda event: event[0])
     if spec.split_at is None:
         _write_events(path, spec, typestore, plugin, image_type, text_type, events)

@@ -150,3 +150,19 @@ def test_bag_source_reports_storage_and_topics(tmp_path):
         _ = source.reader
     with pytest.raises(BagError, match="no such bag"):
         BagSource(tmp_path / "nothing")
+
+
+def test_narration_of_several_cameras_needs_a_choice(tmp_path, build_dataset, capsys):
+    spec = BagSpec(seconds=4, text_type="narration", texts={1: "front words"},
+                   other_camera="rear")
+    bag = write_bag(tmp_path / "bag", spec)
+    code, out = build_dataset([bag])
+    assert_failed(code, out, tmp_path, capsys, "narration of several cameras (front, rear)",
+                  "--camera")
+    code, out = build_dataset([bag], "--camera", "side")
+    assert_failed(code, out, tmp_path, capsys, "no narration of camera 'side'")
+    code, out = build_dataset([bag], "--camera", "front")
+    assert code == 0
+    from svlm_training.dataset_format import SecondsDataset
+
+    assert SecondsDataset(out).texts(range(3)) == ["", "front words", ""]

@@ -88,19 +88,27 @@ def _message_time(message, receive_time: float, stamps: str, what: str, bag: Bag
 
 
 def read_text_events(bag: BagSource, topic: str, text_type: str, stamps: str,
-                     period: float) -> list[TextEvent]:
+                     period: float, camera: str | None = None) -> list[TextEvent]:
     """Every text message of ``topic`` as a ``TextEvent`` on the chosen clock.
 
     A ``Narration`` describes the second that ends at its stamp (``stream_time`` is that
     second's end), so its time is moved back by half a period into that second. With receive
-    times, its own ``latency`` (end of second to publication) is taken off first.
+    times, its own ``latency`` (end of second to publication) is taken off first. The narrator
+    publishes every camera's narration on one topic: ``camera`` picks one, and is required
+    when the topic holds more than one.
 
     Raises:
-        BagError: the topic has no message, or only empty text.
+        BagError: the topic has no message, or only empty text, or several cameras and no
+            ``camera`` chosen (or the chosen one is absent).
     """
     events = []
+    cameras: set[str] = set()
     for item in bag.messages(topic):
         message = item.message
+        if text_type == NARRATION:
+            cameras.add(message.camera)
+            if camera is not None and message.camera != camera:
+                continue
         time_ = _message_time(message, item.receive_time, stamps, "text", bag, topic, item.index)
         if text_type == NARRATION:
             if stamps == "receive":
@@ -110,6 +118,15 @@ def read_text_events(bag: BagSource, topic: str, text_type: str, stamps: str,
         else:
             text = message.data
         events.append(TextEvent(time_, text))
+    if text_type == NARRATION and camera is None and len(cameras) > 1:
+        raise BagError(
+            f"{bag.path}: {topic!r} has narration of several cameras "
+            f"({', '.join(sorted(cameras))}); choose one with --camera"
+        )
+    if camera is not None and camera not in cameras:
+        known = ", ".join(sorted(cameras)) or "none (not a Narration topic)"
+        raise BagError(f"{bag.path}: no narration of camera {camera!r} on {topic!r}; cameras: "
+                       f"{known}")
     if not any(event.text.strip() for event in events):
         raise BagError(
             f"{bag.path}: no text at all on {topic!r} ({len(events)} messages, none with words); "
@@ -132,7 +149,8 @@ def convert_bag(bag_path: Path, episode: int, writer: DatasetWriter, args,
         image_type = bag.check_topic(args.image_topic, IMAGE_TYPES, "image")
         text_type = bag.check_topic(args.text_topic, TEXT_TYPES, "text")
         stamps = resolve_stamps(args.stamps, image_type, text_type)
-        events = read_text_events(bag, args.text_topic, text_type, stamps, args.period)
+        events = read_text_events(bag, args.text_topic, text_type, stamps, args.period,
+                                  args.camera)
         aligner = SecondAligner(events, fps=args.fps, period=args.period)
         rejected: Counter[str] = Counter()
         seconds = silent = words = 0
@@ -262,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sensor_msgs/Image or sensor_msgs/CompressedImage topic")
     parser.add_argument("--text-topic", required=True,
                         help="std_msgs/String or svlm_ros/msg/Narration topic with the words")
+    parser.add_argument("--camera", default=None,
+                        help="with a Narration text topic: the camera whose narration to use "
+                             "(required when the topic holds several)")
     parser.add_argument("--out", required=True, help="dataset directory to create")
     parser.add_argument("--fps", type=float, default=2.0,
                         help="frames per second given to the model, as the node (default 2)")

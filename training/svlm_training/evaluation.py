@@ -91,7 +91,8 @@ def evaluate(args) -> dict:
         # Without a text topic only the image topic decides.
         stamps = resolve_stamps(args.stamps, image_type, text_type or image_type)
         if args.text_topic:
-            events = read_text_events(bag, args.text_topic, text_type, stamps, args.period)
+            events = read_text_events(bag, args.text_topic, text_type, stamps, args.period,
+                                      args.camera)
         loaded = load_model(args.model, device=args.device, dtype=args.dtype)
         session = StreamingSession(loaded, stream_config(args))
         # The same sampling as the session's, only to label each second with its reference.
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-topic", required=True, help="Image or CompressedImage topic")
     p.add_argument("--text-topic", default=None,
                    help="String or Narration topic with reference text (optional)")
+    p.add_argument("--camera", default=None,
+                   help="with a Narration text topic: the camera whose narration is the "
+                        "reference (required when the topic holds several)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
