@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -223,12 +224,22 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
     torch_dtype = getattr(torch, dtype)
     started = time.perf_counter()
     tokens_seen = 0
+
+    def render_step(step: int) -> list[ChunkSample]:
+        """This process's share of step ``step``'s global batch, rendered."""
+        mine = order.step(step)[context.rank::context.world_size]
+        return [renderer.render_chunk(dataset, chunks[i]) for i in mine]
+
+    # Rendering (patchifying frames on the CPU) runs one step ahead in a thread, so it overlaps
+    # the previous step's forward and backward passes instead of adding to them.
+    prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svlm-render")
+    upcoming = prefetch.submit(render_step, start_step) if start_step < total_steps else None
     step = start_step
     for step in range(start_step, total_steps):
         step_started = time.perf_counter()
-        batch = order.step(step)
-        mine = batch[context.rank::context.world_size]
-        samples = [renderer.render_chunk(dataset, chunks[i]) for i in mine]
+        samples = upcoming.result()
+        if step + 1 < total_steps:
+            upcoming = prefetch.submit(render_step, step + 1)
         counts = torch.tensor([sum(s.trained_tokens for s in samples),
                                sum(s.tokens for s in samples)], dtype=torch.float64)
         counts = dist_utils.all_reduce_sum(counts, context)
@@ -274,6 +285,7 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
                   {"total_steps": total_steps, "global_batch": global_batch,
                    "world_size": context.world_size})
     progress.close()
+    prefetch.shutdown()
     elapsed = time.perf_counter() - started
     if on_finish is not None:
         on_finish(model, context)
