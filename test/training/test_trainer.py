@@ -200,3 +200,19 @@ def test_full_fine_tuning_in_bfloat16(dataset, tiny_model_path, tmp_path):
     assert all(torch.equal(base[k].to(torch.bfloat16), tuned[k]) for k in visual)
     assert any(not torch.equal(base[k].to(torch.bfloat16), tuned[k]) for k in language)
     assert load_model(out / "model", dtype="bfloat16").dtype == torch.bfloat16
+
+
+def test_svlm_export_of_an_earlier_checkpoint(lora_run, tmp_path, capsys):
+    from svlm_training.export import main as export
+
+    out = tmp_path / "step8"
+    assert export([str(lora_run / "checkpoint-8"), "--out", str(out)]) == 0
+    assert f"model_path:={out}" in capsys.readouterr().out
+    step8 = load_file(out / "model.safetensors")
+    final = load_file(lora_run / "model" / "model.safetensors")
+    changed = [k for k in final if not torch.equal(final[k], step8[k])]
+    assert changed
+    assert all(k.startswith(("model.layers.", "model.language_model.")) for k in changed)
+    assert load_model(out).model.config.model_type == "qwen2_5_vl"
+    assert export([str(lora_run / "checkpoint-8"), "--out", str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err

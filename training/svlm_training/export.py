@@ -60,8 +60,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, overwrite: boo
     return save_merged(model, loaded.processor, out, overwrite=overwrite)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point ``svlm-export``."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svlm-export",
         description="Turn an svlm-train checkpoint into a model directory for the engine/node.",
@@ -70,7 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--device", default="cpu", help="where to merge (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``svlm-export``."""
+    args = build_parser().parse_args(argv)
     try:
         path = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite,
                                  device=args.device)
