@@ -6,6 +6,17 @@ after the live region and evicted tokens are squeezed out by ``compact``. Memory
 flat for hours, and overflowing the bound is an error instead of a silent reallocation. Which
 tokens stay and where they move is decided by ``StreamingCachePolicy``; this file only moves
 tensors.
+
+Rounding drift in half precision: every compaction rotates the moved keys by their position
+shift, and in bfloat16 each rotation rounds the key again. A ``previous text`` token is moved at
+every eviction for as long as it sits in the vision and text windows (more than a hundred times
+with few words per round), and the error grows with the count: measured with
+``bf16_drift.py`` it exceeded the model's own bfloat16-vs-float32 difference. With
+``pristine_keys`` the cache therefore keeps each key as first written (rotated at its original
+position) and the total shift of each token since then, and a compaction rotates the pristine
+key by the total shift: every stored key is rounded once, however often it moved. It costs one
+more key buffer (half the cache again); the session turns it on for bfloat16 / float16 only
+(float32 rotation error is ~1e-6, see the exactness tests).
 """
 
 from __future__ import annotations
@@ -33,18 +44,22 @@ class PreallocatedLayer(DynamicLayer):
         self.length = 0
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
+        #: Keys as first written (only with ``pristine_keys``): the source of every rotation.
+        self._pristine_key_buffer: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, head_dim = key_states.shape
         self.allocate(batch, heads, head_dim, key_states.dtype, key_states.device)
 
     def allocate(self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, pristine_keys: bool = False) -> None:
         """Allocate the fixed-capacity buffers now (instead of at the first write)."""
         self.device = torch.device(device)
         shape = (batch, kv_heads, self.capacity, head_dim)
         self._key_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self._value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        if pristine_keys:
+            self._pristine_key_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.is_initialized = True
         self._refresh_views()
 
@@ -71,6 +86,8 @@ class PreallocatedLayer(DynamicLayer):
             )
         self._key_buffer[:, :, self.length : self.length + new] = key_states
         self._value_buffer[:, :, self.length : self.length + new] = value_states
+        if self._pristine_key_buffer is not None:
+            self._pristine_key_buffer[:, :, self.length : self.length + new] = key_states
         self.length += new
         self._refresh_views()
         return self.keys, self.values
@@ -98,19 +115,29 @@ class PreallocatedLayer(DynamicLayer):
         source_index: torch.Tensor,
         shift: torch.Tensor | None,
         inverse_frequencies: torch.Tensor,
+        total_shift: torch.Tensor | None = None,
     ) -> None:
         """Rewrite the region from ``first_changed`` on; tokens before it are not touched.
 
-        ``shift`` is None when no retained token changes position (nothing to rotate).
+        ``shift`` is None when no retained token changes position (nothing to rotate). With
+        pristine keys, ``total_shift`` (position now minus position when written, per retained
+        token; None when all zero) rotates the pristine keys instead.
         """
         if not self.is_initialized:
             return
         kept = source_index.numel()
-        keys = self._key_buffer[:, :, source_index]
         values = self._value_buffer[:, :, source_index]
-        if shift is not None:
-            keys = rotate_keys_by_shift(keys, shift, inverse_frequencies)
         end = first_changed + kept
+        if self._pristine_key_buffer is not None:
+            pristine = self._pristine_key_buffer[:, :, source_index]
+            self._pristine_key_buffer[:, :, first_changed:end] = pristine
+            keys = pristine
+            if total_shift is not None:
+                keys = rotate_keys_by_shift(pristine, total_shift, inverse_frequencies)
+        else:
+            keys = self._key_buffer[:, :, source_index]
+            if shift is not None:
+                keys = rotate_keys_by_shift(keys, shift, inverse_frequencies)
         self._key_buffer[:, :, first_changed:end] = keys
         self._value_buffer[:, :, first_changed:end] = values
         self.length = end
@@ -128,6 +155,7 @@ class BoundedKVCache(Cache):
     def __init__(self, num_layers: int, capacity: int):
         super().__init__(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
         self.capacity = capacity
+        self.total_shift: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -135,11 +163,19 @@ class BoundedKVCache(Cache):
         return self.layers[0].length
 
     def allocate(self, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, *, pristine_keys: bool = False) -> None:
         """Allocate every layer's buffers now, so that a cache that does not fit fails at
-        session build and not at the first round."""
+        session build and not at the first round.
+
+        Args:
+            pristine_keys: Also keep every key as first written and rotate it once by its total
+                shift at each compaction (bounded rounding in half precision; see above).
+        """
         for layer in self.layers:
-            layer.allocate(1, kv_heads, head_dim, dtype, device)
+            layer.allocate(1, kv_heads, head_dim, dtype, device, pristine_keys)
+        # Position shift since written, per slot, on the host (the policy's shifts live there).
+        # Slots past the live length always hold 0: new tokens start unshifted.
+        self.total_shift = torch.zeros(self.capacity, dtype=torch.long) if pristine_keys else None
 
     def buffers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Every layer's full-capacity key and value buffers (for the fixed-shape decode)."""
@@ -147,6 +183,12 @@ class BoundedKVCache(Cache):
             raise RuntimeError("the cache buffers are not allocated yet")
         return ([layer._key_buffer for layer in self.layers],
                 [layer._value_buffer for layer in self.layers])
+
+    def pristine_buffers(self) -> list[torch.Tensor] | None:
+        """Every layer's pristine key buffer, or None without ``pristine_keys``."""
+        if self.layers[0]._pristine_key_buffer is None:
+            return None
+        return [layer._pristine_key_buffer for layer in self.layers]
 
     def advance(self, tokens: int) -> None:
         """Count ``tokens`` written into every layer's buffers by ``buffers()``' user."""
@@ -159,10 +201,14 @@ class BoundedKVCache(Cache):
             raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
         for layer in self.layers:
             layer.truncate(length)
+        if self.total_shift is not None:
+            self.total_shift[length:] = 0
 
     def reset(self) -> None:
         for layer in self.layers:
             layer.reset()
+        if self.total_shift is not None:
+            self.total_shift.zero_()
 
     def compact(
         self, kept_index: torch.Tensor, shift: torch.Tensor, inverse_frequencies: torch.Tensor
@@ -183,6 +229,13 @@ class BoundedKVCache(Cache):
         tail_index = kept_index[first_changed:].to(device)
         # Decided on the host (the policy's tensors live there): no device sync per layer.
         tail_shift = shift[first_changed:]
+        tail_total = None
+        if self.total_shift is not None:
+            total = self.total_shift[kept_index.cpu()] + shift.cpu()
+            self.total_shift.zero_()
+            self.total_shift[: total.numel()] = total
+            tail_total = total[first_changed:]
+            tail_total = tail_total.to(device) if bool(tail_total.any()) else None
         tail_shift = tail_shift.to(device) if bool(tail_shift.any()) else None
         for layer in self.layers:
-            layer.compact(first_changed, tail_index, tail_shift, inverse_frequencies)
+            layer.compact(first_changed, tail_index, tail_shift, inverse_frequencies, tail_total)

@@ -57,9 +57,10 @@ class _SlotWriteCache:
     """
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor],
-                 slot: torch.Tensor):
+                 pristine: list[torch.Tensor] | None, slot: torch.Tensor):
         self.keys = keys
         self.values = values
+        self.pristine = pristine
         self.slot = slot
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
@@ -67,12 +68,14 @@ class _SlotWriteCache:
         # In place on the preallocated buffers: the graph's inputs keep their addresses.
         keys.index_copy_(2, self.slot, key_states.to(keys.dtype))
         values.index_copy_(2, self.slot, value_states.to(values.dtype))
+        if self.pristine is not None:  # the cache's unrotated-since-written copy
+            self.pristine[layer_idx].index_copy_(2, self.slot, key_states.to(keys.dtype))
         return keys, values
 
 
 def decode_step(language_model, lm_head, token: torch.Tensor, position: torch.Tensor,
                 slot: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
-                float_mask: bool) -> torch.Tensor:
+                pristine: list[torch.Tensor] | None, float_mask: bool) -> torch.Tensor:
     """One token through the language model over the whole cache capacity.
 
     Args:
@@ -82,6 +85,7 @@ def decode_step(language_model, lm_head, token: torch.Tensor, position: torch.Te
         position: ``(1,)`` long, its rotary position (all three M-RoPE axes: a text token).
         slot: ``(1,)`` long, the cache slot it is written to (= tokens held before it).
         keys, values: Per layer ``(1, kv_heads, capacity, head_dim)`` preallocated buffers.
+        pristine: The cache's pristine key buffers (half precision), or None.
         float_mask: Give the attention an additive float mask (the ``eager`` kernel) instead of
             a boolean one (SDPA).
 
@@ -99,7 +103,7 @@ def decode_step(language_model, lm_head, token: torch.Tensor, position: torch.Te
         input_ids=token.view(1, 1),
         position_ids=position.view(1, 1, 1).expand(3, 1, 1),
         attention_mask={"full_attention": mask},
-        cache=_SlotWriteCache(keys, values, slot),
+        cache=_SlotWriteCache(keys, values, pristine, slot),
         use_cache=True,
     ).last_hidden_state
     return lm_head(hidden[:, -1])[0]
@@ -137,16 +141,17 @@ class StaticDecoder:
         self.cache = cache
         self.compiled = compiled
         self.float_mask = model.config.get_text_config()._attn_implementation == "eager"
-        self._buffers: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._buffers: tuple | None = None
 
     def _cache_buffers(self):
         keys, values = self.cache.buffers()
         if self._buffers is None or self._buffers[0][0] is not keys[0]:
+            pristine = self.cache.pristine_buffers()
             if self.compiled and keys[0].device.type == "cuda":
                 # CUDA graphs may mutate only inputs whose address never changes.
-                for tensor in (*keys, *values):
+                for tensor in (*keys, *values, *(pristine or ())):
                     torch._dynamo.mark_static_address(tensor)
-            self._buffers = (keys, values)
+            self._buffers = (keys, values, pristine)
         return self._buffers
 
     def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
@@ -158,11 +163,11 @@ class StaticDecoder:
             raise CacheOverflowError(
                 f"cache capacity {self.cache.capacity} exceeded: {self.cache.length} held + 1 new"
             )
-        keys, values = self._cache_buffers()
+        keys, values, pristine = self._cache_buffers()
         slot = torch.full((1,), self.cache.length, dtype=torch.long, device=token.device)
         fn = compiled_decode_step(token.device) if self.compiled else decode_step
         logits = fn(self.model.model.language_model, self.model.lm_head, token, position,
-                    slot, keys, values, self.float_mask)
+                    slot, keys, values, pristine, self.float_mask)
         self.cache.advance(1)
         # A CUDA-graph output is overwritten by the next replay: keep our own copy.
         return logits.clone() if self.compiled else logits
