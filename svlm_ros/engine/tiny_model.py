@@ -58,8 +58,12 @@ _TRAINING_TEXT = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 1024):
+def build_tokenizer(vocab_size: int = 1024, extra_text: list[str] | None = None):
     """Train a byte-level BPE tokenizer with the Qwen special tokens.
+
+    Args:
+        vocab_size: Tokens in the vocabulary, special tokens included.
+        extra_text: More training text (e.g. a domain's words, so each becomes one token).
 
     Returns:
         A ``PreTrainedTokenizerFast`` whose ``eos_token`` is ``<|im_end|>``.
@@ -83,7 +87,8 @@ def build_tokenizer(vocab_size: int = 1024):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_TRAINING_TEXT * 4, trainer=trainer)
+    tokenizer.train_from_iterator(_TRAINING_TEXT * 4 + list(extra_text or []) * 8,
+                                  trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
@@ -98,7 +103,10 @@ def build_tokenizer(vocab_size: int = 1024):
     )
 
 
-def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int = 2) -> Path:
+def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int = 2,
+                         hidden_size: int = 64, vision_depth: int = 2,
+                         initializer_range: float = 0.2,
+                         tokenizer_text: list[str] | None = None) -> Path:
     """Write a tiny Qwen2.5-VL checkpoint directory that loads with ``from_pretrained``.
 
     Args:
@@ -106,6 +114,14 @@ def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int 
         seed: Seed for the random weights; the same seed gives the same weights.
         num_layers: Decoder layers of the language model. One layer makes every cached key and
             value a function of its own token and position only, which the exactness tests use.
+        hidden_size: Width of the language model (a multiple of 32: 4 heads of a head size
+            with 8 rotary pairs per 16 dimensions).
+        vision_depth: Blocks of the vision tower (the last one attends over the whole frame).
+        initializer_range: Spread of the language model's random weights (the vision tower keeps
+            the usual 0.02). The default 0.2 (ten times the usual)
+            makes attention peaked, so exactness tests notice a wrong rotation or order; a
+            model meant to be trained wants the usual 0.02.
+        tokenizer_text: Extra text the tokenizer is trained on (see ``build_tokenizer``).
 
     Returns:
         The checkpoint directory as a ``Path``.
@@ -119,34 +135,38 @@ def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int 
         Qwen2VLVideoProcessor,
     )
 
-    if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    if num_layers < 1 or vision_depth < 1:
+        raise ValueError(f"num_layers and vision_depth must be >= 1, got {num_layers}, "
+                         f"{vision_depth}")
+    if hidden_size < 32 or hidden_size % 32:
+        raise ValueError(f"hidden_size must be a positive multiple of 32, got {hidden_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(extra_text=tokenizer_text)
     token_id = tokenizer.convert_tokens_to_ids
-    hidden = 64
+    hidden = hidden_size
+    # 4 heads: head size hidden / 4, whose hidden / 8 rotary pairs split over (t, h, w) in the
+    # 7B's proportions [16, 24, 24] / 64.
+    pairs = hidden // 8
+    mrope_section = [pairs // 4, 3 * pairs // 8, pairs - pairs // 4 - 3 * pairs // 8]
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": hidden,
-            "intermediate_size": 128,
+            "intermediate_size": 2 * hidden,
             "num_hidden_layers": num_layers,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
             "max_position_embeddings": 32768,
-            # head_dim 16 -> 8 rotary frequencies, split over (t, h, w) like the 7B's [16, 24, 24].
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
-                                "mrope_section": [2, 3, 3]},
+                                "mrope_section": mrope_section},
             "bos_token_id": token_id("<|endoftext|>"),
             "eos_token_id": token_id("<|im_end|>"),
             "pad_token_id": token_id("<|endoftext|>"),
-            # Ten times the usual init spread: attention becomes peaked and logits depend
-            # strongly on positions, so exactness tests notice a wrong rotation or order.
-            "initializer_range": 0.2,
+            "initializer_range": initializer_range,
         },
         vision_config={
-            "depth": 2,
+            "depth": vision_depth,
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_heads": 2,
@@ -156,7 +176,7 @@ def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int 
             "temporal_patch_size": 2,
             "tokens_per_second": 2,
             "window_size": 112,
-            "fullatt_block_indexes": [1],
+            "fullatt_block_indexes": [vision_depth - 1],
         },
         image_token_id=token_id("<|image_pad|>"),
         video_token_id=token_id("<|video_pad|>"),
