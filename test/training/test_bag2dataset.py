@@ -123,3 +123,26 @@ def test_narration_stamps_place_text_in_the_second_it_describes(tmp_path, build_
     code, out = build_dataset([bag], "--stamps", "receive", out=tmp_path / "receive")
     assert code == 0
     assert SecondsDataset(out).texts(range(5)) == ["zero", "", "two", "", ""]
+
+
+def test_stored_frames_are_what_the_engine_would_feed_the_model(tmp_path, build_dataset,
+                                                                 tiny_model_path):
+    """Frames are resized when the dataset is built; patchified by the engine's VisionInput they
+    give the same model input as the camera's original frames would at inference."""
+    from transformers import AutoProcessor
+
+    from svlm_ros.engine.vision_input import VisionInput
+
+    bag = write_bag(tmp_path / "bag", BagSpec(seconds=3, height=480, width=640))
+    code, out = build_dataset([bag])
+    assert code == 0
+    stored = SecondsDataset(out)[1].frames
+    assert stored.shape[1:3] != (480, 640)  # really resized at build time
+    vision = VisionInput(AutoProcessor.from_pretrained(tiny_model_path), max_pixels=6272,
+                         min_pixels=3136, fps=2.0)
+    original = [frame_for(1.0, 480, 640), frame_for(1.5, 480, 640)]
+    from_camera = vision.prepare(original)
+    from_dataset = vision.prepare(list(stored))
+    assert from_dataset.size == from_camera.size
+    assert from_dataset.grid_thw.tolist() == from_camera.grid_thw.tolist()
+    assert (from_dataset.pixel_values == from_camera.pixel_values).all()
