@@ -68,6 +68,8 @@ class StreamConfig:
             step over the whole preallocated cache, token choice on the device), ``compiled``
             (that step through ``torch.compile``: CUDA graphs on CUDA, inductor on the CPU) or
             ``auto`` (``compiled`` on CUDA, ``eager`` on the CPU).
+        preprocess_on_device: Upload frames as uint8 and resize, normalize and patchify them on
+            the model's device (``vision_input.py``); None: on CUDA yes, on the CPU no (OpenCV).
     """
 
     fps: float = 2.0
@@ -83,6 +85,7 @@ class StreamConfig:
     max_answer_tokens: int = 64
     max_pending_seconds: int = 4
     decode_path: str = "auto"
+    preprocess_on_device: bool | None = None
 
     def __post_init__(self):
         if self.decode_path not in DECODE_PATHS:
@@ -157,8 +160,11 @@ class StreamingSession:
         cfg = self.config
         self.format = PromptFormat(loaded.tokenizer, cfg.system_prompt, cfg.instruction)
         self.layout = RoundLayout.for_model_config(self.format, self.model.config)
+        on_device = (cfg.preprocess_on_device if cfg.preprocess_on_device is not None
+                     else self.device.type == "cuda")
         self.vision = VisionInput(
-            loaded.processor, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels, fps=cfg.fps
+            loaded.processor, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels, fps=cfg.fps,
+            device=self.device if on_device else None,
         )
         self.sampler = FrameSampler(cfg.fps, cfg.period, cfg.max_pending_seconds)
         if self.sampler.frames_per_round % self.vision.temporal_patch:

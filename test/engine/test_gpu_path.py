@@ -344,3 +344,54 @@ def test_pristine_keys_are_rounded_once_however_often_they_move():
     for layer in cache.layers:
         assert torch.equal(layer.keys, expected)
         assert torch.equal(layer.values, written[:, :, origin])
+
+
+# ----- frames prepared on the device ------------------------------------------------------------
+@pytest.mark.parametrize("frame", [(720, 1280), (1080, 1920), (100, 150), (560, 1008)],
+                         ids=["720p", "1080p", "small-upscaled", "exact-size"])
+def test_device_preprocessing_equals_opencv_path(one_layer, frame):
+    """Frames resized/normalized/patchified by torch (here on the CPU device) vs OpenCV + the
+    processor on the host: the same grid, resized pixels within one grey level, so normalized
+    values within 1 / (255 * std) of each other."""
+    import cv2
+
+    from svlm_ros.engine.vision_input import resize_on_device
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (*frame, 3), dtype=np.uint8) for _ in range(2)]
+    frames[1] = cv2.GaussianBlur(frames[1], (0, 0), 3)
+    args = dict(max_pixels=602112, min_pixels=78400, fps=2)
+    host = VisionInput(one_layer.processor, **args).prepare(frames)
+    device = VisionInput(one_layer.processor, device=torch.device("cpu"), **args).prepare(frames)
+    assert torch.equal(host.grid_thw, device.grid_thw) and host.size == device.size
+    height, width = host.size
+    opencv = np.stack([f if f.shape[:2] == (height, width)
+                       else cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA)
+                       for f in frames])
+    ours = resize_on_device(torch.from_numpy(np.stack(frames)), height, width).numpy()
+    assert np.abs(opencv.astype(int) - ours).max() <= 1
+    std = min(one_layer.processor.video_processor.image_std)
+    assert (host.pixel_values - device.pixel_values).abs().max().item() <= 1 / (255 * std) + 1e-6
+
+
+def test_device_preprocessing_when_one_side_grows_and_the_other_shrinks(one_layer):
+    """640x480 fits to 644x476: OpenCV then switches to its own linear scheme, which ours
+    follows only approximately. Bound on a natural (smooth) image: a few grey levels."""
+    import cv2
+
+    from svlm_ros.engine.vision_input import resize_on_device
+
+    rng = np.random.default_rng(0)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    opencv = cv2.resize(frame, (644, 476), interpolation=cv2.INTER_AREA).astype(int)
+    ours = resize_on_device(torch.from_numpy(frame[None]), 476, 644)[0].numpy()
+    difference = np.abs(opencv - ours)
+    assert difference.max() <= 8 and difference.mean() < 0.5
+
+
+def test_session_prepares_frames_on_its_device_when_asked(one_layer):
+    session = StreamingSession(one_layer, small_config(preprocess_on_device=True))
+    assert session.vision.device == torch.device("cpu")
+    assert StreamingSession(one_layer, small_config()).vision.device is None  # CPU default
+    results = stream(session, SyntheticCamera(seed=4), 2.5)
+    assert len(results) == 2 and all(r.vision_tokens > 0 for r in results)
