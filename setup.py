@@ -62,6 +62,7 @@ setup(
             "narrator = svlm_ros.node.narrator:main",
             "svlm-ask = svlm_ros.node.ask_client:main",
             "sim_camera = svlm_ros.node.sim_camera:main",
+            "svlm-demo-monitor = svlm_ros.node.demo_monitor:main",
         ],
     },
 )
