@@ -11,6 +11,15 @@ A simulated camera (``--frame-size``, 30 Hz, stamps only: no real time passes) s
 Each policy stops early when its ``--budget-seconds`` of wall time are spent, and says so.
 Per-second figures are aggregated over the first and the last 60 stream seconds run.
 Progress goes to stderr; the table to stdout; ``--json FILE`` writes the figures.
+
+``--parts`` (implied by ``--model-shape``) measures instead where a round's time goes, for the
+GPU: per part (preprocess, vision, prefill, decode per token, evict) p50 and p99, milliseconds
+and seconds of video per second, for each ``--cameras`` count (cameras run one after another,
+as the node runs them) at minute 1 and at hour 2. Hour 2 is reached without streaming two
+hours: after the first frame the stamps jump to 7,200 s (a gap the sampler accounts for), so
+time stamps have their hour-2 length; then ``--warmup-seconds`` fill every window before
+``--measure-seconds`` are measured. ``--model-shape qwen2.5-vl-7b`` builds a random-weight model
+with the 7B's exact shapes directly on the device (no download).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from svlm_ros.engine.cache_policy import CachePolicyConfig, EvictionPlan
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.model_loading import load_model
+from svlm_ros.engine.model_shapes import MODEL_SHAPES, build_shaped_model
 from svlm_ros.engine.streaming_session import MAX_STREAM_SECONDS, StreamConfig, StreamingSession
 from svlm_ros.engine.vision_input import VideoBlock
 
@@ -196,6 +206,106 @@ def run_policy(name: str, loaded, config: StreamConfig, args) -> dict:
     }
 
 
+PARTS = ("preprocess", "vision", "prefill", "decode_per_token", "evict", "round")
+PHASES = {"minute1": 0.0, "hour2": 7200.0}
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p99": float("nan")}
+    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
+
+
+def run_parts(loaded, config: StreamConfig, cameras: int, phase: str, args) -> dict:
+    """Stream ``cameras`` simulated cameras (one session each, rounds one after another) to
+    ``phase`` and measure every round's parts over ``--measure-seconds``."""
+    sessions = [StreamingSession(loaded, config) for _ in range(cameras)]
+    for session in sessions:
+        session.sync_timings = True  # per-part times are device times, not launch times
+    width, height = args.frame_size
+    rng = np.random.default_rng(args.seed)
+    pool = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(8)]
+    origin = 1000.0
+    jump = PHASES[phase]
+    if phase == "minute1":
+        jump = max(0.0, 60.0 - args.warmup_seconds)  # measure from minute 1 on
+    parts: dict[str, list[float]] = {name: [] for name in PARTS}
+    second_ms: list[float] = []  # all cameras' rounds of one stream second, one after another
+    latency_ms: list[float] = []  # due (end of the second) to narration, camera by camera
+    generated: list[int] = []
+    frame = 0
+
+    def feed(stamp: float) -> None:
+        nonlocal frame
+        for session in sessions:
+            session.add_frame(pool[frame % len(pool)], stamp)
+        frame += 1
+
+    if jump:
+        feed(origin)  # the first frame fixes stream time 0; the next ones come after the jump
+    start = origin + jump
+    total_seconds = args.warmup_seconds + args.measure_seconds
+    for second in range(total_seconds + 1):
+        for index in range(CAMERA_RATE_HZ):
+            feed(start + second + index / CAMERA_RATE_HZ)
+        elapsed = 0.0
+        results = []
+        for session in sessions:
+            while True:  # the pre-jump period, if any, is run first and not measured
+                result, _ = session.run_pending()
+                if result is None:
+                    break
+                results.append(result)
+                elapsed += result.timings_ms["total"]
+                if second > args.warmup_seconds and result.start >= jump:
+                    latency_ms.append(elapsed)
+        if second <= args.warmup_seconds:
+            continue
+        second_ms.append(elapsed)
+        for result in results:
+            timings = result.timings_ms
+            for name in ("preprocess", "vision", "prefill", "evict"):
+                parts[name].append(timings[name])
+            parts["decode_per_token"].append(timings["decode"] / max(1, result.generated_tokens))
+            parts["round"].append(timings["total"])
+            generated.append(result.generated_tokens)
+    per_second = [ms / cameras for ms in second_ms]  # one camera's share of wall time
+    return {
+        "cameras": cameras,
+        "phase": phase,
+        "stream_time_measured": [sessions[0].policy.rounds[-1].stream_second - args.measure_seconds
+                                 + 1, sessions[0].policy.rounds[-1].stream_second + 1],
+        "rounds_measured": len(parts["round"]),
+        "generated_tokens_mean": float(np.mean(generated)) if generated else float("nan"),
+        "cache_tokens": sessions[0].cache.length,
+        "parts_ms": {name: _percentiles(values) for name, values in parts.items()},
+        "ms_per_video_second": _percentiles(per_second),
+        # Video seconds narrated per wall second, all cameras together (>= cameras: real time).
+        "video_seconds_per_second": (cameras * len(second_ms) / (sum(second_ms) / 1e3)
+                                     if second_ms else float("nan")),
+        "latency_ms": _percentiles(latency_ms),
+        "decode_path": sessions[0].decode_path,
+    }
+
+
+def print_parts(report: dict) -> None:
+    """The per-part table, one row per camera count and phase."""
+    print(f"device {report['device']}, model {report['model']}, frames {report['frames']}, "
+          f"decode {report['decode_path']}, dtype {report['dtype']}")
+    columns = [f"{name} p50/p99" for name in PARTS]
+    print(f"{'cams':>4} {'phase':<8} {'rounds':>6} " + " ".join(f"{c:>22}" for c in columns)
+          + f" {'ms/video s p50/p99':>20} {'video s/s':>9} {'latency p50/p99':>18}")
+    for row in report["rows"]:
+        cells = [f"{row['parts_ms'][n]['p50']:.1f}/{row['parts_ms'][n]['p99']:.1f}"
+                 for n in PARTS]
+        ms = row["ms_per_video_second"]
+        latency = row["latency_ms"]
+        print(f"{row['cameras']:>4} {row['phase']:<8} {row['rounds_measured']:>6} "
+              + " ".join(f"{c:>22}" for c in cells)
+              + f" {ms['p50']:>9.1f}/{ms['p99']:<10.1f} {row['video_seconds_per_second']:>9.2f}"
+              f" {latency['p50']:>8.1f}/{latency['p99']:<9.1f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svlm-bench",
@@ -222,6 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch; 0 = torch's default")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--model-shape", choices=MODEL_SHAPES,
+                        help="random weights with these shapes, built on --device (no "
+                        "download); implies --parts")
+    parser.add_argument("--parts", action="store_true",
+                        help="per-part p50/p99 for --cameras at minute 1 and hour 2 "
+                        "instead of the policy comparison")
+    parser.add_argument("--cameras", default="1,4",
+                        help="camera counts for --parts, comma-separated (default 1,4)")
+    parser.add_argument("--phases", default="minute1,hour2",
+                        help="phases for --parts: minute1, hour2 (default both)")
+    parser.add_argument("--warmup-seconds", type=int, default=70,
+                        help="stream seconds before measuring in --parts; 70 fills the paper's "
+                        "windows at 20 tokens per round (default 70)")
+    parser.add_argument("--measure-seconds", type=int, default=30,
+                        help="stream seconds measured per phase in --parts (default 30)")
+    parser.add_argument("--decode-path", default="auto",
+                        help="auto, eager, static or compiled (default auto: compiled on "
+                        "CUDA, eager on the CPU)")
     return parser
 
 
@@ -239,28 +367,64 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    parts_mode = args.parts or args.model_shape is not None
+    try:
+        cameras = [int(c) for c in args.cameras.split(",") if c.strip()]
+        phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    except ValueError:
+        cameras, phases = [], []
+    if parts_mode and (not cameras or min(cameras) < 1 or not phases
+                       or any(p not in PHASES for p in phases)
+                       or args.warmup_seconds < 0 or args.measure_seconds < 1):
+        print(f"svlm-bench: --cameras must be positive integers, --phases from {list(PHASES)}, "
+              "--measure-seconds >= 1", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model
-        if model_dir is None:
+        if model_dir is None or args.model_shape:
             from .tiny_model import make_tiny_checkpoint
 
             model_dir = str(make_tiny_checkpoint(Path(scratch) / "tiny"))
         try:
-            loaded = load_model(model_dir, device=args.device, dtype=args.dtype,
-                                attn_implementation=args.attn)
+            if args.model_shape:
+                loaded = build_shaped_model(args.model_shape, model_dir, device=args.device,
+                                            dtype=args.dtype, seed=args.seed)
+            else:
+                loaded = load_model(model_dir, device=args.device, dtype=args.dtype,
+                                    attn_implementation=args.attn)
+            config = StreamConfig(
+                max_new_tokens=args.max_new_tokens,
+                cache=CachePolicyConfig(vision_window_seconds=args.vision_window_seconds),
+                sampling=SamplingConfig(seed=args.seed),
+                decode_path=args.decode_path,
+            )
         except ValueError as error:
             print(f"svlm-bench: {error}", file=sys.stderr)
             return 2
-        config = StreamConfig(
-            max_new_tokens=args.max_new_tokens,
-            cache=CachePolicyConfig(vision_window_seconds=args.vision_window_seconds),
-            sampling=SamplingConfig(seed=args.seed),
-        )
+        device_label = str(loaded.device) + (
+            f" ({torch.cuda.get_device_name(loaded.device)})"
+            if loaded.device.type == "cuda"
+            else f" ({torch.get_num_threads()} torch threads, {os.cpu_count()} cores)")
+        if parts_mode:
+            report = {
+                "device": device_label,
+                "model": (f"random {args.model_shape}" if args.model_shape
+                          else Path(args.model).name if args.model else "tiny (svlm-make-tiny)"),
+                "dtype": str(loaded.dtype).replace("torch.", ""),
+                "frames": f"{args.frame_size[0]}x{args.frame_size[1]} at {CAMERA_RATE_HZ} Hz",
+                "rows": [],
+            }
+            for count in cameras:
+                for phase in phases:
+                    print(f"[parts] {count} camera(s), {phase}", file=sys.stderr, flush=True)
+                    report["rows"].append(run_parts(loaded, config, count, phase, args))
+            report["decode_path"] = report["rows"][0]["decode_path"]
+            print_parts(report)
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2))
+            return 0
         report = {
-            "device": str(loaded.device) + (
-                f" ({torch.cuda.get_device_name(loaded.device)})"
-                if loaded.device.type == "cuda"
-                else f" ({torch.get_num_threads()} torch threads, {os.cpu_count()} cores)"),
+            "device": device_label,
             "model": Path(args.model).name if args.model else "tiny (svlm-make-tiny)",
             "stream_seconds": args.stream_seconds,
             "policies": {},
