@@ -162,7 +162,7 @@ class CameraIntake:
 
         try:
             sampled = session.sampler.offer(stamp, checked_frame)
-            camera.newest_frame = (stamp, self._node.get_clock().now().nanoseconds * 1e-9)
+            camera.note_frame(stamp, self._node.get_clock().now().nanoseconds * 1e-9)
         except Exception as error:  # noqa: BLE001 - ImageRejected, FrameRejected, anything:
             # one bad message is counted and dropped, it never ends the node
             camera.stats.record_rejection(str(error))

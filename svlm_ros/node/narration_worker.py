@@ -3,7 +3,7 @@
 Woken when a frame was sampled, and at least every ``WORKER_WAKE_SECONDS``, it
 
 * closes every period whose end has passed on the camera clock by ``period_close_slack``
-  (the camera clock extrapolated on the node clock from the newest frame), so a second is
+  (the camera clock from the node clock, mapped by the newest frames), so a second is
   narrated on time even when no frame of the next second comes (a stall, the stream's end);
 * restarts the streams when stream parameters changed (requested by the parameter callback,
   which must not wait for the model itself: parameter and lifecycle services stay free);
@@ -145,13 +145,11 @@ class NarrationWorker:
 
     def _close_due_periods(self, camera: CameraStream) -> None:
         """Close the camera's periods whose end passed ``period_close_slack`` ago."""
-        session, newest = camera.session, camera.newest_frame
-        if session is None or newest is None:
+        session = camera.session
+        camera_now = camera.camera_time(self._node.get_clock().now().nanoseconds * 1e-9)
+        if session is None or camera_now is None:
             return
-        stamp, arrival = newest
-        elapsed = self._node.get_clock().now().nanoseconds * 1e-9 - arrival
-        if elapsed > 0:
-            session.sampler.close_until(stamp + elapsed - self._values["period_close_slack"])
+        session.sampler.close_until(camera_now - self._values["period_close_slack"])
 
     def _run_round(self, camera: CameraStream) -> bool:
         """One engine round on the camera's newest completed second; True if one ran."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,9 @@ from svlm_ros.node.fair_lock import FairLock
 from svlm_ros.node.parameters import CameraSpec
 from svlm_ros.node.stream_stats import CameraSnapshot, CameraStats
 from svlm_ros.node.transport_monitor import ArrivalMonitor
+
+# Frames whose arrival maps the node clock to the camera clock.
+CLOCK_OFFSET_FRAMES = 8
 
 
 class StreamRebuildFailed(RuntimeError):
@@ -41,10 +46,38 @@ class CameraStream:
         self.frame_id = ""
         # Frame size last checked against the vision input's limits (aspect ratio).
         self.checked_size: tuple[int, int] | None = None
-        # (stamp, node clock seconds) of the newest frame that entered the stream: maps the
-        # node clock to the camera clock, to close periods whose end has passed.
-        self.newest_frame: tuple[float, float] | None = None
         self.arrivals = ArrivalMonitor()
+        # Arrival (node clock) minus stamp of the newest frames of the stream: the smallest
+        # is the offset between the clocks plus the least transport delay.
+        self._clock_lock = threading.Lock()
+        self._clock_offsets: deque[float] = deque(maxlen=CLOCK_OFFSET_FRAMES)
+        self._newest_stamp: float | None = None
+
+    def note_frame(self, stamp: float, arrival: float) -> None:
+        """A frame stamped ``stamp`` entered the stream at ``arrival`` (node clock, s)."""
+        with self._clock_lock:
+            if self._newest_stamp is not None and stamp < self._newest_stamp:
+                self._clock_offsets.clear()  # the camera clock went back: a new timeline
+            self._newest_stamp = stamp
+            self._clock_offsets.append(arrival - stamp)
+
+    def forget_frames(self) -> None:
+        """Forget the clock mapping (a new stream)."""
+        with self._clock_lock:
+            self._clock_offsets.clear()
+            self._newest_stamp = None
+
+    def camera_time(self, node_now: float) -> float | None:
+        """The camera clock now, from the node clock; None before the first frame.
+
+        Taken from the newest frames' smallest offset, not from the newest frame alone: when
+        a frame's callback runs late (a busy executor, or simulated time that moved on before
+        the frame was handled), its own offset is too large and would hold periods open.
+        """
+        with self._clock_lock:
+            if not self._clock_offsets:
+                return None
+            return node_now - min(self._clock_offsets)
 
     def snapshot(self, default_period: float) -> CameraSnapshot:
         """The camera's counters now, with the current stream's sampler counts."""
@@ -149,7 +182,7 @@ class Streams:
         for camera, session in zip(self.cameras, old, strict=True):
             camera.session = StreamingSession(self.loaded, config)
             camera.checked_size = None
-            camera.newest_frame = None
+            camera.forget_frames()
             if session is not None:
                 camera.stats.record_stream_restart(
                     session.sampler.dropped_unconsumed, session.sampler.gap_seconds
@@ -194,7 +227,7 @@ class Streams:
                         sampler.dropped_unconsumed, sampler.gap_seconds
                     )
                 camera.session = None
-                camera.newest_frame = None
+                camera.forget_frames()
             self.loaded = None
             self.config = None
         gc.collect()

@@ -109,6 +109,11 @@ class Running:
 
     def start(self) -> None:
         assert self.node.start(), self.node._streams.error
+        # Frames published before the subscription is matched are lost, reliable or not.
+        deadline = time.monotonic() + 10.0
+        while self.camera.get_subscription_count() == 0:
+            assert time.monotonic() < deadline, "the narrator never subscribed"
+            time.sleep(0.02)  # polling the graph; nothing to wait on
 
     @property
     def camera_stream(self):
