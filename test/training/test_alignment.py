@@ -29,6 +29,9 @@ def test_text_lands_in_the_second_its_time_falls_in_and_is_joined_in_time_order(
     seconds = feed(aligner, [i / 10 for i in range(50)])  # 10 Hz for 5 s
     assert [s.index for s in seconds] == [0, 1, 2, 3]  # second 4 is still open at the end
     assert [s.text for s in seconds] == ["zero", "one", "first part second part", ""]
+    (last,) = aligner.flush()  # the end of the stream closes the open second
+    assert (last.index, last.text, len(last.frames)) == (4, "", 2)
+    assert aligner.flush() == []
     stats = aligner.finish()
     assert stats.text_events == 4
     assert stats.text_before_stream == stats.text_after_stream == stats.text_in_gaps == 0
@@ -80,3 +83,19 @@ def test_stamp_source_auto_uses_headers_only_when_both_topics_have_them():
     assert resolve_stamps("receive", image, narration) == "receive"
     with pytest.raises(BagError, match="no header"):
         resolve_stamps("header", image, string)
+
+
+def test_only_kept_frames_are_decoded():
+    decoded = []
+
+    def decoder(index):
+        def decode():
+            decoded.append(index)
+            return frame(index)
+        return decode
+
+    aligner = SecondAligner([TextEvent(ORIGIN, "x")], fps=2, period=1)
+    for index in range(20):  # 10 Hz for 2 s
+        aligner.offer(ORIGIN + index / 10, decoder(index))
+    assert decoded == [0, 5, 10, 15]
+    assert aligner.stats.frames_offered == 20 and aligner.stats.frames_sampled == 4

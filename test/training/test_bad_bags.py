@@ -107,8 +107,9 @@ def test_stamps_out_of_order(tmp_path, build_dataset, capsys):
 
 
 def test_unsupported_encodings_are_skipped_and_counted(tmp_path, build_dataset, capsys):
-    bag = write_bag(tmp_path / "bag", BagSpec(seconds=4, encodings={3: "bayer_rggb8",
-                                                                    9: "32FC1"}))
+    # Frames 2 and 8 start a half-second slot (4 Hz camera, 2 fps): the sampler wants them.
+    bag = write_bag(tmp_path / "bag", BagSpec(seconds=4, encodings={2: "bayer_rggb8",
+                                                                    8: "32FC1"}))
     code, out = build_dataset([bag])
     assert code == 0
     summary = capsys.readouterr().out
@@ -117,13 +118,13 @@ def test_unsupported_encodings_are_skipped_and_counted(tmp_path, build_dataset, 
     assert manifest["frames_rejected"] == 2
     reasons = manifest["sources"][0]["frames_rejected"]
     assert sorted(reasons.values()) == [1, 1]
-    assert manifest["seconds"] == 3  # the other frames fill those seconds
+    assert manifest["seconds"] == 4  # the next frames fill those slots
 
 
 def test_a_bag_with_no_usable_frame_is_refused(tmp_path, build_dataset, capsys):
     bag = write_bag(tmp_path / "bag", BagSpec(seconds=3, encoding="bayer_rggb8"))
     code, out = build_dataset([bag])
-    assert_failed(code, out, tmp_path, capsys, "no complete second of usable frames",
+    assert_failed(code, out, tmp_path, capsys, "no second of usable frames",
                   "12 x unsupported encoding 'bayer_rggb8'")
 
 

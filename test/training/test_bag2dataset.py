@@ -31,23 +31,23 @@ def test_bag_becomes_aligned_seconds(tmp_path, build_dataset, capsys, storage, i
     code, out = build_dataset([bag])
     assert code == 0
     summary = capsys.readouterr().out
-    assert "7 seconds (5 silent)" in summary and "s of bag per second" in summary
+    assert "8 seconds (6 silent)" in summary and "s of bag per second" in summary
 
     manifest = json.loads((out / "manifest.json").read_text())
     (source,) = manifest["sources"]
     assert source["storage"] == storage
     assert source["stamps"] == ("header" if text_type == "narration" else "receive")
     assert source["image_type"].endswith("CompressedImage" if image == "compressed" else "/Image")
-    # 8 s of camera: the last second is still open when the bag ends, as in the engine.
-    assert manifest["seconds"] == 7 and manifest["silent_seconds"] == 5
-    assert manifest["silent_share"] == pytest.approx(5 / 7)
-    assert manifest["words_per_second"] == pytest.approx(7 / 7)
+    # 8 s of camera; the last second is closed at the end of the bag, as the node does.
+    assert manifest["seconds"] == 8 and manifest["silent_seconds"] == 6
+    assert manifest["silent_share"] == pytest.approx(6 / 8)
+    assert manifest["words_per_second"] == pytest.approx(7 / 8)
 
     data = SecondsDataset(out)
-    assert [data[i].second for i in range(len(data))] == list(range(7))
+    assert [data[i].second for i in range(len(data))] == list(range(8))
     assert [data[i].text for i in range(len(data))] == [
-        "", "the card is red", "", "", "now green <|im_end|>", "", ""]
-    for row in (0, 3, 6):
+        "", "the card is red", "", "", "now green <|im_end|>", "", "", ""]
+    for row in (0, 3, 7):
         got = data[row].frames
         assert got.shape == (2, 56, 56, 3)
         assert not got.flags.writeable  # a view of the memory-mapped file
@@ -81,7 +81,7 @@ def test_split_and_compressed_bags_give_the_same_dataset(tmp_path, build_dataset
     assert manifest["sources"][0]["files"] == 2
     reference = datasets["plain"]
     for name, data in datasets.items():
-        assert len(data) == len(reference) == 7, name
+        assert len(data) == len(reference) == 8, name
         for row in range(len(data)):
             assert data[row].text == reference[row].text, name
             np.testing.assert_array_equal(data[row].frames, reference[row].frames)
@@ -93,9 +93,9 @@ def test_several_bags_are_episodes_one_after_the_other(tmp_path, build_dataset):
     code, out = build_dataset([first, second])
     assert code == 0
     data = SecondsDataset(out)
-    assert data.episodes() == [range(0, 4), range(4, 7)]
-    assert [data[i].episode for i in range(7)] == [0, 0, 0, 0, 1, 1, 1]
-    assert data[0].text == "first bag" and data[6].text == "second"
+    assert data.episodes() == [range(0, 5), range(5, 9)]
+    assert [data[i].episode for i in range(9)] == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert data[0].text == "first bag" and data[7].text == "second"
     assert [s["bag"] for s in data.manifest["sources"]] == [str(first), str(second)]
 
 
@@ -106,7 +106,7 @@ def test_the_seconds_file_is_a_plain_arrow_stream(tmp_path, build_dataset):
     assert code == 0
     with pa.memory_map(str(out / "seconds.arrow")) as source:
         table = pa.ipc.open_stream(source).read_all()
-    assert table.num_rows == 3
+    assert table.num_rows == 4
     assert table.column_names[:5] == ["episode", "second", "start", "end", "text"]
 
 
@@ -118,11 +118,11 @@ def test_narration_stamps_place_text_in_the_second_it_describes(tmp_path, build_
     code, out = build_dataset([bag])
     assert code == 0
     data = SecondsDataset(out)
-    assert [data[i].text for i in range(len(data))] == ["zero", "", "two", "", ""]
+    assert [data[i].text for i in range(len(data))] == ["zero", "", "two", "", "", ""]
     # With receive times the node's reported latency is taken off first: same seconds.
     code, out = build_dataset([bag], "--stamps", "receive", out=tmp_path / "receive")
     assert code == 0
-    assert SecondsDataset(out).texts(range(5)) == ["zero", "", "two", "", ""]
+    assert SecondsDataset(out).texts(range(6)) == ["zero", "", "two", "", "", ""]
 
 
 def test_stored_frames_are_what_the_engine_would_feed_the_model(tmp_path, build_dataset,

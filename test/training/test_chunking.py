@@ -185,7 +185,7 @@ def test_rendering_a_dataset_chunk(tmp_path, build_dataset, loaded):
     data = SecondsDataset(out)
     renderer = renderer_for(loaded, chunk_seconds=4, overlap_seconds=2)
     chunks = plan_chunks(data.episodes(), renderer.config)
-    assert [c.rows for c in chunks] == [range(0, 4), range(2, 6), range(4, 8)]
+    assert [c.rows for c in chunks] == [range(0, 4), range(2, 6), range(4, 8), range(6, 9)]
     sample = renderer.render_chunk(data, chunks[1])
     direct = renderer.render(
         [RoundInput(data[r].start, data[r].end, list(data[r].frames), data[r].text)

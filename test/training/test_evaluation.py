@@ -47,20 +47,21 @@ def test_eval_replays_the_bag_in_stream_time(tmp_path, tiny_model_path, build_da
                  "--max-new-tokens", "6", *SMALL_FRAMES])
     assert code == 0, capsys.readouterr().err
     summary = capsys.readouterr().out
-    assert "9 seconds narrated" in summary and "chrF" in summary
+    assert "10 seconds narrated" in summary and "chrF" in summary
 
     rows = [json.loads(line) for line in (out / "transcript.jsonl").read_text().splitlines()]
-    assert [r["second"] for r in rows] == [float(s) for s in range(9)]
+    # Every second, the last one too (closed at the end of the bag, as the node closes it).
+    assert [r["second"] for r in rows] == [float(s) for s in range(10)]
     # References are aligned exactly as the training dataset aligns text.
     code, data_dir = build_dataset([bag])
     assert code == 0
-    assert [r["reference"] for r in rows] == SecondsDataset(data_dir).texts(range(9))
+    assert [r["reference"] for r in rows] == SecondsDataset(data_dir).texts(range(10))
     for row in rows:
         assert row["latency"] > 0 and 1 <= row["generated_tokens"] <= 6
         assert row["silent"] == (row["text"] == "")
         assert row["chrf"] == pytest.approx(second_chrf(row["text"], row["reference"]))
     scores = json.loads((out / "scores.json").read_text())
-    assert scores["seconds"] == 9
+    assert scores["seconds"] == 10
     assert scores["silence_agreement"] == pytest.approx(
         silence_agreement([r["text"] for r in rows], [r["reference"] for r in rows]))
     assert scores["settings"]["max_new_tokens"] == 6

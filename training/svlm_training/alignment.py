@@ -1,14 +1,15 @@
 """Align a bag's frames and text to the stream's seconds, exactly as the engine groups frames.
 
 Frames go through the engine's own ``FrameSampler`` (``fps`` frames per ``period`` of stamp
-time, the first stamp being stream time 0), so a dataset second holds the very frames the
+time, the first stamp being stream time 0), offered as the node offers them (``offer``: a frame
+the sampler will not keep is never decoded), so a dataset second holds the very frames the
 narrator would have seen for that second when replaying the bag. As at inference:
 
   * a second without any frame (a camera stall) is no round: it is not in the dataset, and
     text that falls into it is dropped and counted;
   * a second with fewer frames than ``fps * period`` repeats its last frame;
-  * the last second of a bag is still open when the bag ends (the sampler closes a second when
-    a later frame arrives), so it is not in the dataset either.
+  * the last second of a bag is closed at the end (``flush``), as the node closes a period once
+    its end has passed on the camera clock.
 
 Text is assigned to the second its time falls in (``floor((time - origin) / period)``); several
 texts in one second are joined with a space, in time order; a second with no text is silent.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,22 +111,36 @@ class SecondAligner:
         """The stamp of the first frame (stream time 0), once a frame came."""
         return self.sampler.origin
 
-    def add(self, stamp: float, image: np.ndarray) -> list[AlignedSecond]:
-        """Offer one frame; returns the seconds it completed (usually none or one).
+    def offer(self, stamp: float, decode: Callable[[], np.ndarray]) -> list[AlignedSecond]:
+        """Offer one frame, decoded by ``decode()`` only if the sampler keeps it; returns the
+        seconds it completed (usually none or one).
 
         Raises:
             StampsOutOfOrder: the stamp is earlier than the previous frame's.
             svlm_ros.engine.frame_sampler.FrameRejected: not an RGB uint8 frame.
+            Whatever ``decode`` raises (e.g. ``ImageRejected``); the stream is unaffected and a
+            later frame may take the slot, as in the node.
         """
         if self._last_stamp is not None and stamp < self._last_stamp:
             raise StampsOutOfOrder(self._frames, stamp, self._last_stamp)
         self._last_stamp = stamp
         self._frames += 1
         self.stats.frames_offered += 1
-        if self.sampler.add(image, stamp):
+        if self.sampler.offer(stamp, decode):
             self.stats.frames_sampled += 1
-        if self._by_index is None:
+        if self._by_index is None and self.sampler.origin is not None:
             self._by_index = self._index_texts(self.sampler.origin)
+        return list(self._drain())
+
+    def add(self, stamp: float, image: np.ndarray) -> list[AlignedSecond]:
+        """``offer`` of an already decoded frame."""
+        return self.offer(stamp, lambda: image)
+
+    def flush(self) -> list[AlignedSecond]:
+        """Close the open second at the end of the stream and return it (if it has frames)."""
+        if self._last_stamp is None or self.sampler.origin is None:
+            return []
+        self.sampler.close_until(self._last_stamp + self.period)
         return list(self._drain())
 
     def finish(self) -> AlignmentStats:

@@ -14,8 +14,9 @@ the bag's receive times. ``auto`` (default) uses header stamps when both topics 
 misalign the text by the transport delay or worse (simulation time vs wall time).
 
 Frames the node would reject (unsupported encoding, corrupt data) are skipped and counted per
-reason in the manifest and the summary, as the node skips them; a bag with no usable frame is
-refused. Everything else that is wrong with a bag stops the build with an error that names it.
+reason in the manifest and the summary, as the node skips them; like the node, only frames the
+sampler keeps are decoded, so only those are checked. A bag with no usable frame is refused.
+Everything else that is wrong with a bag stops the build with an error that names it.
 """
 
 from __future__ import annotations
@@ -153,7 +154,19 @@ def convert_bag(bag_path: Path, episode: int, writer: DatasetWriter, args,
                                   args.camera)
         aligner = SecondAligner(events, fps=args.fps, period=args.period)
         rejected: Counter[str] = Counter()
-        seconds = silent = words = 0
+        counts = Counter()
+
+        def write(completed) -> None:
+            for second in completed:
+                frames = [resize_frame(f, args.max_pixels, args.min_pixels)
+                          for f in second.frames]
+                writer.add(episode=episode, second=second.index, start=second.start,
+                           end=second.end, text=second.text, received=second.received,
+                           frames=frames)
+                counts["seconds"] += 1
+                counts["silent"] += not second.text
+                counts["words"] += len(second.text.split())
+
         progress = tqdm(total=bag.message_count(args.image_topic), unit="frame",
                         desc=bag_path.name, disable=args.quiet, leave=False)
         with progress:
@@ -161,37 +174,26 @@ def convert_bag(bag_path: Path, episode: int, writer: DatasetWriter, args,
                 progress.update()
                 stamp = _message_time(item.message, item.receive_time, stamps, "image", bag,
                                       args.image_topic, item.index)
+                message = item.message
                 try:
-                    image = message_to_rgb(item.message, image_type)
-                except ImageRejected as error:
-                    rejected[_rejection_reason(error)] += 1
-                    continue
-                try:
-                    completed = aligner.add(stamp, image)
+                    # Decoded only if the sampler keeps it, as the node does.
+                    write(aligner.offer(stamp, lambda m=message: message_to_rgb(m, image_type)))
                 except StampsOutOfOrder as error:
                     hint = " (header stamps: try --stamps receive)" if stamps == "header" else ""
                     raise BagError(f"{bag.path}: stamps out of order on {args.image_topic!r}: "
                                    f"{error}{hint}") from error
-                except FrameRejected as error:
+                except (ImageRejected, FrameRejected) as error:
                     rejected[_rejection_reason(error)] += 1
                     continue
-                for second in completed:
-                    frames = [resize_frame(f, args.max_pixels, args.min_pixels)
-                              for f in second.frames]
-                    writer.add(episode=episode, second=second.index, start=second.start,
-                               end=second.end, text=second.text, received=second.received,
-                               frames=frames)
-                    seconds += 1
-                    silent += not second.text
-                    words += len(second.text.split())
-                    progress.set_postfix(seconds=seconds, refresh=False)
+                progress.set_postfix(seconds=counts["seconds"], refresh=False)
+            write(aligner.flush())
+        seconds, silent, words = counts["seconds"], counts["silent"], counts["words"]
         stats = aligner.finish()
         if seconds == 0:
             reasons = "; ".join(f"{n} x {r}" for r, n in rejected.most_common()) or "none"
             raise BagError(
-                f"{bag.path}: no complete second of usable frames on {args.image_topic!r} "
-                f"({stats.frames_offered} frames accepted; rejected: {reasons}); the last "
-                "second of a bag is never complete, so a bag needs frames spanning > 1 period"
+                f"{bag.path}: no second of usable frames on {args.image_topic!r} "
+                f"({stats.frames_offered} frames; rejected: {reasons})"
             )
         return {
             "bag": str(bag_path),

@@ -103,6 +103,28 @@ def evaluate(args) -> dict:
         started = time.perf_counter()
         progress = tqdm(total=bag.message_count(args.image_topic), unit="frame",
                         desc="svlm-eval", disable=args.quiet)
+
+        def narrate_pending() -> None:
+            while not (args.max_seconds and len(rows) >= args.max_seconds):
+                result, _ = session.run_pending()
+                if result is None:
+                    return
+                row = {
+                    "second": result.start,
+                    "end": result.end,
+                    "text": result.text,
+                    "silent": result.silent,
+                    "latency": result.timings_ms["total"] / 1e3,
+                    "generated_tokens": result.generated_tokens,
+                    "cache_tokens": result.cache_tokens,
+                }
+                if args.text_topic:
+                    row["reference"] = references.get(result.start, "")
+                    row["chrf"] = second_chrf(result.text, row["reference"])
+                rows.append(row)
+                progress.set_postfix(seconds=len(rows), refresh=False)
+
+        last_stamp = None
         with progress:
             for item in bag.messages(args.image_topic):
                 progress.update()
@@ -110,37 +132,37 @@ def evaluate(args) -> dict:
                 if stamp is None:
                     raise BagError(f"{bag.path}: image message {item.index} has a zero header "
                                    "stamp; use --stamps receive")
+                decoded: list = []
+
+                def decode(message=item.message, decoded=decoded):
+                    # Both samplers keep the same frames: decode once for the two of them.
+                    if not decoded:
+                        decoded.append(message_to_rgb(message, image_type))
+                    return decoded[0]
+
                 try:
-                    image = message_to_rgb(item.message, image_type)
-                    for second in aligner.add(stamp, image):
+                    for second in aligner.offer(stamp, decode):
                         references[second.start] = second.text
-                    session.add_frame(image, stamp)
+                    # As the node offers frames: decoded only when the sampler keeps them.
+                    session.sampler.offer(stamp, decode)
                 except StampsOutOfOrder as error:
                     raise BagError(f"{bag.path}: stamps out of order on "
                                    f"{args.image_topic!r}: {error}") from error
                 except (ImageRejected, FrameRejected):
                     rejected += 1
                     continue
-                while True:
-                    result, _ = session.run_pending()
-                    if result is None:
-                        break
-                    row = {
-                        "second": result.start,
-                        "end": result.end,
-                        "text": result.text,
-                        "silent": result.silent,
-                        "latency": result.timings_ms["total"] / 1e3,
-                        "generated_tokens": result.generated_tokens,
-                        "cache_tokens": result.cache_tokens,
-                    }
-                    if args.text_topic:
-                        row["reference"] = references.get(result.start, "")
-                        row["chrf"] = second_chrf(result.text, row["reference"])
-                    rows.append(row)
-                    progress.set_postfix(seconds=len(rows), refresh=False)
+                last_stamp = stamp
+                narrate_pending()
                 if args.max_seconds and len(rows) >= args.max_seconds:
                     break
+            else:
+                # The end of the bag: close the last second, as the node does once its end has
+                # passed on the camera clock.
+                for second in aligner.flush():
+                    references[second.start] = second.text
+                if last_stamp is not None:
+                    session.sampler.close_until(last_stamp + args.period)
+                narrate_pending()
         wall = time.perf_counter() - started
     if not rows:
         raise BagError(f"{args.bag}: no complete second was narrated ({rejected} frames rejected)")

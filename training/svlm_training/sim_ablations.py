@@ -1,0 +1,217 @@
+"""``svlm-sim-ablations``: the paper's ablations, reproduced on an unseen simulated stream.
+
+    svlm-sim-ablations --model config/sim_narrator --out ablations [--seconds 7200]
+
+1. ``svlm-sim``'s bag writer records an unseen stream (``--seed``, default 777; the narrator was
+   trained on seeds 1..48) of ``--seconds`` (2 h) as an mcap bag;
+2. ``svlm-eval`` replays it through the streaming engine once per cache setting, with the same
+   model and narration settings, asking the memory questions of ``svlm_ros.sim.scoring`` at
+   the end of every pause ("What colour was the last shape that left?", whose answer left the
+   vision window at least a minute before);
+3. every transcript is scored per 10-minute slice (``svlm_ros.sim.scoring``) and the results
+   go into ``OUT/results.md`` (a table), ``OUT/results.json`` and ``OUT/ablations.png``.
+
+Settings (``--settings``, comma-separated; all by default):
+
+    bounded    ours: sink + previous text (first and last tokens) + 16 s of vision, contiguous
+               positions
+    full       nothing evicted (full attention), until ``--full-budget`` wall seconds
+    sliding    a sliding window without sinks: no system-prompt sink, no text sink
+    native     ours, but positions are not made contiguous after evictions
+    vision1, vision4
+               ours with a 1 s and a 4 s vision window (16 s is ``bounded``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from svlm_ros.sim.bag_writer import BagSettings, write_world_bag
+from svlm_ros.sim.scoring import (
+    answer_is_right,
+    chance_accuracy,
+    last_left_questions,
+    score_narration,
+    total,
+)
+from svlm_ros.sim.world import World, WorldConfig
+from svlm_training.sim_narrator import IMAGE_TOPIC, NARRATOR_SETTINGS, TEXT_TOPIC
+
+SETTINGS = {
+    "bounded": ([], "ours: sink + text windows + 16 s vision, contiguous positions"),
+    "full": (["--vision-window-seconds", "{seconds}"], "full attention (nothing evicted)"),
+    "sliding": (["--no-attention-sink", "--text-sink-tokens", "0"],
+                "sliding window without sinks"),
+    "native": (["--native-positions"], "native (non-contiguous) positions"),
+    "vision1": (["--vision-window-seconds", "1"], "vision window 1 s"),
+    "vision4": (["--vision-window-seconds", "4"], "vision window 4 s"),
+}
+SLICE_SECONDS = 600
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="svlm-sim-ablations",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="the sim narrator checkpoint")
+    parser.add_argument("--out", required=True, help="results folder (reused: finished "
+                        "settings are not run again)")
+    parser.add_argument("--seconds", type=int, default=7200, help="stream length (default 2 h)")
+    parser.add_argument("--seed", type=int, default=777, help="world seed (default 777)")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"comma-separated subset of {', '.join(SETTINGS)}")
+    parser.add_argument("--full-budget", type=float, default=900.0,
+                        help="wall seconds after which full attention is stopped (default 900)")
+    return parser
+
+
+def narrator_flags() -> list[str]:
+    flags = []
+    for name, value in NARRATOR_SETTINGS.items():
+        flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+def run_setting(name: str, args, bag: Path, questions: Path) -> Path:
+    from svlm_training import evaluation
+
+    out = Path(args.out) / name
+    if (out / "transcript.jsonl").exists():
+        return out
+    extra = [flag.format(seconds=args.seconds) for flag in SETTINGS[name][0]]
+    argv = ["--bag", str(bag), "--model", str(args.model), "--image-topic", IMAGE_TOPIC,
+            "--out", str(out), "--questions", str(questions), *narrator_flags(), *extra]
+    if name == "full":
+        argv += ["--budget-seconds", str(args.full_budget)]
+    print(f"== {name}: {SETTINGS[name][1]}", flush=True)
+    status = evaluation.main(argv)
+    if status:
+        raise RuntimeError(f"svlm-eval failed for {name} (exit status {status})")
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize(name: str, folder: Path, world: World, questions) -> dict:
+    rows = read_jsonl(folder / "transcript.jsonl")
+    narration = [(int(round(row["second"])), row["text"]) for row in rows]
+    slices = score_narration(world, narration, SLICE_SECONDS)
+    overall = total(slices)
+    answers = {int(round(a["second"])): a for a in read_jsonl(folder / "answers.jsonl")}
+    asked = [q for q in questions if q.second in answers]
+    right = sum(answer_is_right(q, answers[q.second].get("answer", "")) for q in asked)
+    scores = json.loads((folder / "scores.json").read_text())
+    latencies = [row["latency"] for row in rows]
+    return {
+        "setting": name,
+        "description": SETTINGS[name][1],
+        "seconds": overall.seconds,
+        "stopped_early": bool(scores.get("stopped_early")),
+        "accuracy": overall.accuracy,
+        "event_accuracy": overall.events_right / max(1, overall.event_seconds),
+        "quiet_accuracy": overall.quiet_right / max(1, overall.quiet_seconds),
+        "first_slice": slices[0].accuracy if slices else math.nan,
+        "last_slice": slices[-1].accuracy if slices else math.nan,
+        "slices": [{"start": s.start, "end": s.end, "accuracy": s.accuracy,
+                    "always_silent": s.always_silent} for s in slices],
+        "questions_asked": len(asked),
+        "questions_right": right,
+        "step_ms_median": 1e3 * sorted(latencies)[len(latencies) // 2] if latencies else math.nan,
+        "cache_tokens_max": max((row["cache_tokens"] for row in rows), default=0),
+    }
+
+
+def write_results(out: Path, results: list[dict], reference: dict) -> None:
+    header = ("| setting | seconds | accuracy | first 10 min | last 10 min | events | quiet | "
+              "memory questions | step ms | cache tokens max |")
+    lines = [header, "|" + "---|" * 10]
+    for r in results:
+        stopped = " (stopped by budget)" if r["stopped_early"] else ""
+        lines.append(
+            f"| {r['setting']}: {r['description']} | {r['seconds']}{stopped} | "
+            f"{100 * r['accuracy']:.1f} | {100 * r['first_slice']:.1f} | "
+            f"{100 * r['last_slice']:.1f} | {100 * r['event_accuracy']:.1f} | "
+            f"{100 * r['quiet_accuracy']:.1f} | {r['questions_right']}/{r['questions_asked']} | "
+            f"{r['step_ms_median']:.0f} | {r['cache_tokens_max']} |")
+    lines += ["", f"Always silent: {100 * reference['always_silent']:.1f} %; chance: "
+              f"{100 * reference['chance']:.1f} % (over the whole stream)."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"results": results, **reference},
+                                                 indent=2) + "\n")
+    plot(out / "ablations.png", results, reference)
+
+
+def plot(path: Path, results: list[dict], reference: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    for r in results:
+        minutes = [(s["start"] + s["end"]) / 120 for s in r["slices"]]
+        accuracy = [100 * s["accuracy"] for s in r["slices"]]
+        axis.plot(minutes, accuracy, marker="o", label=f"{r['setting']}", linewidth=1.5)
+    axis.axhline(100 * reference["always_silent"], color="grey", linestyle="--",
+                 label="always silent")
+    axis.axhline(100 * reference["chance"], color="black", linestyle=":", label="chance")
+    axis.set_xlabel("stream time (minutes, 10-minute slices)")
+    axis.set_ylabel("per-second accuracy (%)")
+    axis.set_title("Narration accuracy over a 2-hour unseen simulated stream")
+    axis.set_ylim(0, 100)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left", fontsize=8, ncol=3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``svlm-sim-ablations``."""
+    args = build_parser().parse_args(argv)
+    names = [name.strip() for name in args.settings.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(SETTINGS))
+    if unknown:
+        print(f"svlm-sim-ablations: error: unknown settings {unknown}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = World(WorldConfig(seed=args.seed))
+    bag = out / f"stream_seed{args.seed}_{args.seconds}s"
+    started = time.perf_counter()
+    if not bag.exists():
+        print(f"writing the evaluation stream {bag} ...", flush=True)
+        write_world_bag(bag, world, BagSettings(seconds=args.seconds, camera_hz=2.0,
+                                                storage="mcap", image_format="png",
+                                                image_topic=IMAGE_TOPIC, text_topic=TEXT_TOPIC))
+    questions = last_left_questions(world, args.seconds)
+    questions_file = out / "questions.jsonl"
+    questions_file.write_text("".join(json.dumps({"second": q.second, "question": q.question,
+                                                  "answer": q.answer, "age": q.age}) + "\n"
+                                      for q in questions))
+    try:
+        folders = {name: run_setting(name, args, bag, questions_file) for name in names}
+    except RuntimeError as error:
+        print(f"svlm-sim-ablations: error: {error}", file=sys.stderr)
+        return 1
+    results = [summarize(name, folder, world, questions) for name, folder in folders.items()]
+    quiet = sum(1 for s in range(args.seconds) if world.event_at(s) is None) / args.seconds
+    reference = {"always_silent": quiet, "chance": chance_accuracy(quiet),
+                 "seed": args.seed, "seconds": args.seconds, "model": str(args.model),
+                 "wall_minutes": round((time.perf_counter() - started) / 60, 1)}
+    write_results(out, results, reference)
+    print((out / "results.md").read_text())
+    print(f"plot: {out / 'ablations.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
