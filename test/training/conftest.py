@@ -15,17 +15,15 @@ TRAINING = Path(__file__).resolve().parents[2] / "training"
 if str(TRAINING) not in sys.path:
     sys.path.insert(0, str(TRAINING))
 
-#: Frame settings that keep the tiny-model tests small: the 64x48 synthetic camera becomes
-#: 56x56 frames, 4 video tokens per second.
-SMALL_FRAMES = ["--max-pixels", "6272", "--min-pixels", "3136"]
+from training_helpers import SMALL_FRAMES  # noqa: E402 - needs svlm_training on sys.path
 
 
 @pytest.fixture
 def build_dataset(tmp_path):
-    """Run ``svlm-bag2dataset`` on bags; returns ``(exit code, stdout, stderr, out dir)``."""
+    """Run ``svlm-bag2dataset`` on bags with small frames; returns ``(exit code, out dir)``."""
     from svlm_training.bag2dataset import main
 
-    def run(bags, *extra, out=None, capsys=None):
+    def run(bags, *extra, out=None):
         out = Path(out or tmp_path / "dataset")
         argv = [str(b) for b in bags] + ["--image-topic", "/camera/image", "--text-topic",
                                           "/commentary", "--out", str(out), "--quiet",
@@ -35,7 +33,3 @@ def build_dataset(tmp_path):
 
     return run
 
-
-def leftovers(directory: Path) -> list[str]:
-    """Hidden temporary folders a failed build might have left behind."""
-    return sorted(p.name for p in directory.iterdir() if ".incomplete" in p.name)

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 from bag_factory import BagSpec, write_bag
-from conftest import leftovers
 from svlm_training.bag_reading import BagError, BagSource
+from training_helpers import leftovers
 
 
 def assert_failed(code, out, tmp_path, capsys, *needles):

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from bag_factory import START, BagSpec, frame_for, write_bag
-from conftest import leftovers
 from svlm_training.bag2dataset import resize_frame
 from svlm_training.dataset_format import SecondsDataset
+from training_helpers import leftovers
 
 
 def expected_frames(second: int) -> list[np.ndarray]:

@@ -7,10 +7,10 @@ import math
 
 import pytest
 from bag_factory import BagSpec, write_bag
-from conftest import SMALL_FRAMES, leftovers
 from svlm_training.dataset_format import SecondsDataset
 from svlm_training.evaluation import main
 from svlm_training.scoring import corpus_chrf, score_transcript, second_chrf, silence_agreement
+from training_helpers import SMALL_FRAMES, leftovers
 
 TEXTS = {0: "the card is red", 3: "now it is green", 6: "a blue card", 7: "blue"}
 

@@ -11,6 +11,9 @@ from svlm_training.trainer import chunk_loss
 
 from svlm_ros.engine.model_loading import load_model
 
+#: Frame settings that keep the tiny-model tests small: the 64x48 synthetic camera becomes
+#: 56x56 frames, 4 video tokens per second.
+SMALL_FRAMES = ["--max-pixels", "6272", "--min-pixels", "3136"]
 #: A chunking small enough for the tiny model on two CPU cores.
 SMALL_CHUNKS = ["--chunk-seconds", "4", "--overlap-seconds", "2"]
 TEXTS = {i: ["the card is red", "now it is green", "a blue card", "yellow now"][(i // 3) % 4]
@@ -39,3 +42,8 @@ def mean_loss(model_dir: Path, data_dir: Path, chunk_seconds: int = 4,
         total += float(loss)
         count += n
     return total / count
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Hidden temporary folders a failed build or export might have left behind."""
+    return sorted(p.name for p in directory.iterdir() if ".incomplete" in p.name)
