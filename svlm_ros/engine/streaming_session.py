@@ -34,7 +34,12 @@ from svlm_ros.engine.prompt_format import (
 )
 from svlm_ros.engine.rotary_shift import rotary_inverse_frequencies
 from svlm_ros.engine.round_layout import RenderedTokens, RoundLayout, VideoGrid
-from svlm_ros.engine.static_decode import DECODE_PATHS, StaticDecoder, resolve_decode_path
+from svlm_ros.engine.static_decode import (
+    DECODE_PATHS,
+    GraphedDecoder,
+    StaticDecoder,
+    resolve_decode_path,
+)
 from svlm_ros.engine.vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
 
 
@@ -65,9 +70,10 @@ class StreamConfig:
         max_pending_seconds: Completed seconds queued before the oldest is dropped.
         decode_path: How tokens are decoded (``static_decode.py``): ``eager`` (the model's
             forward over the live cache, host-side token choice), ``static`` (one fixed-shape
-            step over the whole preallocated cache, token choice on the device), ``compiled``
-            (that step through ``torch.compile``: CUDA graphs on CUDA, inductor on the CPU) or
-            ``auto`` (``compiled`` on CUDA, ``eager`` on the CPU).
+            step over the whole preallocated cache, token choice on the device), ``graphed``
+            (that step as one CUDA graph per session; CUDA only), ``compiled`` (the step
+            through ``torch.compile``: inductor, with CUDA graphs on CUDA) or ``auto``
+            (``graphed`` on CUDA, ``eager`` on the CPU).
         preprocess_on_device: Upload frames as uint8 and resize, normalize and patchify them on
             the model's device (``vision_input.py``); None: on CUDA yes, on the CPU no (OpenCV).
     """
@@ -201,8 +207,10 @@ class StreamingSession:
             vocab = self.model.lm_head.out_features
             self.chooser = DeviceTokenChooser(cfg.sampling, self.device, vocab, banned)
             self.answer_chooser = DeviceTokenChooser(answer_sampling, self.device, vocab, banned)
-            self.static_decoder = StaticDecoder(self.model, self.cache,
-                                                compiled=self.decode_path == "compiled")
+            self.static_decoder = (
+                GraphedDecoder(self.model, self.cache) if self.decode_path == "graphed"
+                else StaticDecoder(self.model, self.cache,
+                                   compiled=self.decode_path == "compiled"))
         self.reset()
 
     # ----- sizes ---------------------------------------------------------------------------

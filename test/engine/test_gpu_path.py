@@ -23,7 +23,7 @@ from test_engine_invariants import assert_same_snapshot, snapshot
 from svlm_ros.engine.attention import WINDOWED_SDPA, use_vision_attention
 from svlm_ros.engine.decoding import SamplingConfig, TokenChooser
 from svlm_ros.engine.device_sampling import DeviceTokenChooser
-from svlm_ros.engine.static_decode import resolve_decode_path
+from svlm_ros.engine.static_decode import GraphedDecoder, resolve_decode_path
 from svlm_ros.engine.streaming_session import GenerationInterrupted, StreamingSession
 from svlm_ros.engine.vision_input import VisionInput
 
@@ -82,6 +82,48 @@ def test_compiled_decode_equals_eager(two_layer):
     assert texts == eager_texts and answer == eager_answer
     for a, b in zip(logits, eager_logits, strict=True):
         assert (a - b).abs().max().item() < 1e-4
+
+
+class ReplayOnCpu:
+    """Stands in for ``torch.cuda.CUDAGraph`` on the CPU: capture runs the step once and keeps
+    its outputs; replay reruns it into those same output tensors. Like a real graph it sees only
+    what the decoder wrote into its fixed input tensors before ``replay``."""
+
+    captures = 0
+
+    def __init__(self, device):
+        self.function = None
+
+    def capture(self, function):
+        ReplayOnCpu.captures += 1
+        self.function = function
+        self.outputs = function()
+        return self.outputs
+
+    def replay(self):
+        self.outputs.copy_(self.function())
+
+
+def test_graphed_decoder_plumbing_equals_static(two_layer):
+    """The CUDA-graph decoder's fixed-address inputs and outputs, exercised on the CPU."""
+    _, static_texts, static_logits, static_answer = _narrate(two_layer, "static", SAMPLED)
+    ReplayOnCpu.captures = 0
+    real_init = StreamingSession.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.static_decoder = GraphedDecoder(self.model, self.cache, graph_factory=ReplayOnCpu)
+
+    try:
+        StreamingSession.__init__ = init
+        session, texts, logits, answer = _narrate(two_layer, "static", SAMPLED)
+    finally:
+        StreamingSession.__init__ = real_init
+    assert isinstance(session.static_decoder, GraphedDecoder)
+    assert ReplayOnCpu.captures == 1  # one capture for the whole stream, ask included
+    assert texts == static_texts and answer == static_answer
+    for a, b in zip(logits, static_logits, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.fixture
@@ -233,7 +275,10 @@ def test_windowed_vision_attention_equals_stock_tower(one_layer, frame):
 def test_decode_path_resolution():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_decode_path("auto", cpu, "sdpa") == "eager"
-    assert resolve_decode_path("auto", cuda, "sdpa") == "compiled"
+    assert resolve_decode_path("auto", cuda, "sdpa") == "graphed"
+    assert resolve_decode_path("compiled", cuda, "sdpa") == "compiled"
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_decode_path("graphed", cpu, "sdpa")
     assert resolve_decode_path("auto", cuda, "flash_attention_2") == "eager"
     assert resolve_decode_path("static", cpu, "eager") == "static"
     with pytest.raises(ValueError, match="flash_attention_2"):
