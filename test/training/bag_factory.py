@@ -97,8 +97,14 @@ def _image_message(typestore, spec: BagSpec, rgb: np.ndarray, stamp: float, enco
     Image = typestore.types["sensor_msgs/msg/Image"]
     if encoding == "bgr8":
         pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    elif encoding == "rgba8":
+        pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
+    elif encoding == "bgra8":
+        pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)
     elif encoding == "mono8":
         pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    elif encoding == "mono16":  # little-endian, the 8-bit gray value in the high byte
+        pixels = (cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype("<u2") << 8).view(np.uint8)
     else:  # rgb8, or an encoding the node refuses (the bytes do not matter then)
         pixels = rgb
     height, width = rgb.shape[:2]

@@ -57,14 +57,17 @@ def test_bag_becomes_aligned_seconds(tmp_path, build_dataset, capsys, storage, i
 
 def test_raw_encodings_are_converted_to_rgb(tmp_path, build_dataset):
     frames = {}
-    for encoding in ("bgr8", "mono8"):
+    for encoding in ("bgr8", "rgba8", "bgra8", "mono8", "mono16"):
         bag = write_bag(tmp_path / encoding, BagSpec(seconds=3, encoding=encoding))
         code, out = build_dataset([bag], out=tmp_path / f"data_{encoding}")
-        assert code == 0
+        assert code == 0, encoding
         frames[encoding] = SecondsDataset(out)[0].frames[0]
-    np.testing.assert_array_equal(frames["bgr8"], expected_frames(0)[0])
+    for encoding in ("bgr8", "rgba8", "bgra8"):
+        np.testing.assert_array_equal(frames[encoding], expected_frames(0)[0])
     gray = frames["mono8"]
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    assert gray.std() > 0
+    np.testing.assert_array_equal(frames["mono16"], gray)
 
 
 def test_split_and_compressed_bags_give_the_same_dataset(tmp_path, build_dataset):

@@ -107,6 +107,12 @@ def test_resume_continues_exactly(lora_run, tmp_path):
         torch.testing.assert_close(again[name], tensor, rtol=1e-5, atol=1e-6)
 
 
+def test_a_fresh_run_refuses_an_earlier_runs_directory(lora_run, dataset, tiny_model_path,
+                                                       capsys):
+    assert main(train_args(dataset[1], tiny_model_path, lora_run, "--max-steps", "1")) == 1
+    assert "checkpoints of an earlier run" in capsys.readouterr().err
+
+
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, capsys):
     assert main(["--data", "x", "--model", "y", "--out", str(tmp_path), "--resume"]) == 1
     assert "no checkpoint in" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from svlm_ros.engine.model_loading import load_model
 from svlm_training import distributed as dist_utils
 from svlm_training.adaptation import count_parameters, prepare_trainable
 from svlm_training.checkpoints import (
+    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     resolve_resume,
@@ -160,6 +161,13 @@ def train(config: TrainConfig, *, resume: str | None = None, quiet: bool = False
 
 def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_finish) -> dict:
     out = Path(config.out)
+    if resume is None and list_checkpoints(out):
+        # A fresh run here would mix its checkpoints and log with the old run's, and a later
+        # --resume could pick up the old run's weights.
+        raise FileExistsError(
+            f"{out} holds checkpoints of an earlier run; continue it with --resume, or choose "
+            "another --out"
+        )
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier(context)
