@@ -62,7 +62,8 @@ def test_corrupt_sqlite_file(tmp_path, build_dataset, capsys):
     (db,) = bag.glob("*.db3")
     db.write_bytes(b"this is not an sqlite database" * 100)
     code, out = build_dataset([bag])
-    assert_failed(code, out, tmp_path, capsys, str(bag))
+    assert_failed(code, out, tmp_path, capsys, str(bag), "cannot open the bag",
+                  "file is not a database")
 
 
 def test_sqlite_file_with_broken_rows(tmp_path, build_dataset, capsys):
@@ -81,7 +82,7 @@ def test_truncated_mcap_file(tmp_path, build_dataset, capsys):
     data = mcap.read_bytes()
     mcap.write_bytes(data[: len(data) // 2])  # a recorder killed mid-write
     code, out = build_dataset([bag])
-    assert_failed(code, out, tmp_path, capsys, str(bag))
+    assert_failed(code, out, tmp_path, capsys, str(bag), "cannot open the bag", "mcap recover")
 
 
 def test_not_a_bag(tmp_path, build_dataset, capsys):

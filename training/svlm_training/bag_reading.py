@@ -156,7 +156,10 @@ class BagSource:
             reader = Reader(self.path)
             reader.open()
         except Exception as error:  # noqa: BLE001 - any failure here means an unusable bag
-            raise BagError(f"{self.path}: cannot open the bag: {error}") from error
+            raise BagError(
+                f"{self.path}: cannot open the bag: {error} (a corrupt file, or a recording cut "
+                "short: `ros2 bag reindex` or `mcap recover` may repair it)"
+            ) from error
         self._reader = reader
         return self
 
