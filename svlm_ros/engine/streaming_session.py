@@ -141,6 +141,23 @@ class RoundResult:
 
 
 @dataclass
+class _OpenRound:
+    """A round between its prefill and its turn close (``run_round``'s and ``CameraGroup``'s
+    shared steps)."""
+
+    second: SecondOfFrames
+    video: VideoBlock
+    plan: EvictionPlan
+    length_before: int
+    logits: torch.Tensor | None
+    t0: float
+    t1: float
+    t2: float
+    t3: float = 0.0
+    t_vision: float = 0.0
+
+
+@dataclass
 class Answer:
     """An answer from ``ask``; the stream's cache is unchanged by it."""
 
@@ -507,6 +524,19 @@ class StreamingSession:
                 at most ``max_new_tokens``) instead of choosing them; used to check that the
                 stream holds exactly what ``RoundLayout`` renders.
         """
+        state = self._open_round(second, forced_ids)
+        try:
+            generated, unfed, recorded = self._generate(
+                state.logits, self.config.max_new_tokens, self.chooser, stop_on_marker=True,
+                forced=forced_ids,
+            )
+        except BaseException:
+            self._rollback_round(state)
+            raise
+        return self._close_round(state, generated, unfed, recorded)
+
+    def _open_round(self, second: SecondOfFrames, forced_ids: list[int] | None) -> _OpenRound:
+        """A round up to its first logits: prepare the frames, evict, prefill the prompt."""
         if forced_ids is not None and not 0 < len(forced_ids) <= self.config.max_new_tokens:
             raise ValueError(
                 f"forced_ids must hold 1 to max_new_tokens={self.config.max_new_tokens} tokens"
@@ -542,29 +572,39 @@ class StreamingSession:
             prompt = self.layout.render_prompt(second.start, second.end, grid,
                                                self.policy.next_position, first=False)
         self.policy.begin_round(second.start, len(prompt) - (len(self._sink_ids) if first else 0))
-        length_before = self.policy.length
+        state = _OpenRound(second=second, video=video, plan=plan,
+                           length_before=self.policy.length, logits=None, t0=t0, t1=t1, t2=t2)
         try:
             self._vision_done = None
-            logits = self._prefill(prompt, video)
-            t3 = self._clock()
-            t_vision = self._vision_done or t2
-            generated, unfed, recorded = self._generate(
-                logits, self.config.max_new_tokens, self.chooser, stop_on_marker=True,
-                forced=forced_ids,
-            )
+            state.logits = self._prefill(prompt, video)
+        except BaseException:
+            self._rollback_round(state)
+            raise
+        state.t3 = self._clock()
+        state.t_vision = self._vision_done or t2
+        return state
+
+    def _rollback_round(self, state: _OpenRound) -> None:
+        """A failed round (e.g. out of memory) leaves no trace: the stream stays usable."""
+        self.cache.truncate(state.length_before)
+        self.policy.abandon_round(state.length_before)
+
+    def _close_round(self, state: _OpenRound, generated: list[int], unfed: list[int],
+                     recorded: list[torch.Tensor]) -> RoundResult:
+        """Feed the last token with the turn close and account for the round."""
+        try:
             # The last chosen token (if any) goes in with the turn close, in one pass.
             self._forward_rendered(self.layout.render_assistant(
                 unfed, self.policy.next_position))
         except BaseException:
-            # A failed round (e.g. out of memory) leaves no trace: the stream stays usable.
-            self.cache.truncate(length_before)
-            self.policy.abandon_round(length_before)
+            self._rollback_round(state)
             raise
         self.policy.end_round(len(generated), len(self._close_ids))
         t4 = self._clock()
         self.last_round_logits = recorded
         self.rounds_run += 1
         text = clean_narration(self.format.tokenizer.decode(generated, skip_special_tokens=True))
+        second, video = state.second, state.video
         return RoundResult(
             start=second.start,
             end=second.end,
@@ -573,16 +613,16 @@ class StreamingSession:
             silent=not text,
             generated_tokens=len(generated),
             cache_tokens=self.cache.length,
-            evicted_tokens=plan.evicted_tokens,
+            evicted_tokens=state.plan.evicted_tokens,
             frames_received=second.received,
             vision_tokens=video.tokens,
             timings_ms={
-                "preprocess": (t1 - t0) * 1e3,
-                "evict": (t2 - t1) * 1e3,
-                "vision": (t_vision - t2) * 1e3,
-                "prefill": (t3 - t_vision) * 1e3,
-                "decode": (t4 - t3) * 1e3,
-                "total": (t4 - t0) * 1e3,
+                "preprocess": (state.t1 - state.t0) * 1e3,
+                "evict": (state.t2 - state.t1) * 1e3,
+                "vision": (state.t_vision - state.t2) * 1e3,
+                "prefill": (state.t3 - state.t_vision) * 1e3,
+                "decode": (t4 - state.t3) * 1e3,
+                "total": (t4 - state.t0) * 1e3,
             },
         )
 
