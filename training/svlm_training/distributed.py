@@ -78,10 +78,15 @@ def setup_distributed(device: str = "auto") -> DistributedContext:
 
 
 def all_reduce_sum(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
-    """The sum of ``value`` over all processes (``value`` itself for one process)."""
-    if context.distributed:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
+    """The sum of a CPU tensor over all processes, on the CPU (``value`` for one process).
+
+    NCCL only reduces GPU tensors, so the value travels through this process's device.
+    """
+    if not context.distributed:
+        return value
+    on_device = value.to(context.device)
+    dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+    return on_device.cpu()
 
 
 def barrier(context: DistributedContext) -> None:

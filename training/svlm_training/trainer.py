@@ -242,58 +242,61 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
     # the previous step's forward and backward passes instead of adding to them.
     prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svlm-render")
     upcoming = prefetch.submit(render_step, start_step) if start_step < total_steps else None
-    step = start_step
-    for step in range(start_step, total_steps):
-        step_started = time.perf_counter()
-        samples = upcoming.result()
-        if step + 1 < total_steps:
-            upcoming = prefetch.submit(render_step, step + 1)
-        counts = torch.tensor([sum(s.trained_tokens for s in samples),
-                               sum(s.tokens for s in samples)], dtype=torch.float64)
-        counts = dist_utils.all_reduce_sum(counts, context)
-        trained_tokens, tokens = int(counts[0]), int(counts[1])
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for index, sample in enumerate(samples):
-            sync = index == len(samples) - 1
-            with dist_utils.no_sync(train_model, context, sync):
-                loss, _ = chunk_loss(train_model, sample, context.device, torch_dtype)
-                (loss * (context.world_size / max(trained_tokens, 1))).backward()
-            loss_sum += loss.detach().double().cpu()
-        loss_sum = dist_utils.all_reduce_sum(loss_sum, context)
-        if config.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm))
-        else:
-            grad_norm = float(torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in parameters if p.grad is not None])))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - step_started
-        tokens_seen += tokens
-        record = {
-            "step": step + 1,
-            "epoch": round(order.epoch_of(step), 4),
-            "loss": float(loss_sum) / max(trained_tokens, 1),
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "chunks": global_batch,
-            "tokens": tokens,
-            "trained_tokens": trained_tokens,
-            "step_seconds": seconds,
-            "tokens_per_second": tokens / seconds,
-        }
-        if context.is_main:
-            log.append(record)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-            progress.update()
-        done = step + 1 == total_steps
-        if done or (config.save_every and (step + 1) % config.save_every == 0):
-            _save(out, step + 1, model, optimizer, scheduler, config, context,
-                  {"total_steps": total_steps, "global_batch": global_batch,
-                   "world_size": context.world_size})
+    try:
+        step = start_step
+        for step in range(start_step, total_steps):
+            step_started = time.perf_counter()
+            samples = upcoming.result()
+            if step + 1 < total_steps:
+                upcoming = prefetch.submit(render_step, step + 1)
+            counts = torch.tensor([sum(s.trained_tokens for s in samples),
+                                   sum(s.tokens for s in samples)], dtype=torch.float64)
+            counts = dist_utils.all_reduce_sum(counts, context)
+            trained_tokens, tokens = int(counts[0]), int(counts[1])
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            for index, sample in enumerate(samples):
+                sync = index == len(samples) - 1
+                with dist_utils.no_sync(train_model, context, sync):
+                    loss, _ = chunk_loss(train_model, sample, context.device, torch_dtype)
+                    (loss * (context.world_size / max(trained_tokens, 1))).backward()
+                loss_sum += loss.detach().double().cpu()
+            loss_sum = dist_utils.all_reduce_sum(loss_sum, context)
+            if config.max_grad_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm))
+            else:
+                grad_norm = float(torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in parameters if p.grad is not None])))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - step_started
+            tokens_seen += tokens
+            record = {
+                "step": step + 1,
+                "epoch": round(order.epoch_of(step), 4),
+                "loss": float(loss_sum) / max(trained_tokens, 1),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "chunks": global_batch,
+                "tokens": tokens,
+                "trained_tokens": trained_tokens,
+                "step_seconds": seconds,
+                "tokens_per_second": tokens / seconds,
+            }
+            if context.is_main:
+                log.append(record)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+                progress.update()
+            done = step + 1 == total_steps
+            if done or (config.save_every and (step + 1) % config.save_every == 0):
+                _save(out, step + 1, model, optimizer, scheduler, config, context,
+                      {"total_steps": total_steps, "global_batch": global_batch,
+                       "world_size": context.world_size})
+    finally:
+        # On an error the step being rendered ahead is not waited for.
+        prefetch.shutdown(wait=False, cancel_futures=True)
     progress.close()
-    prefetch.shutdown()
     elapsed = time.perf_counter() - started
     if on_finish is not None:
         on_finish(model, context)
