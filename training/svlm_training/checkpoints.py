@@ -89,8 +89,12 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
 
     path = Path(path)
     load_trainable_state(model, load_file(str(path / WEIGHTS)))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    # Through the CPU: every rank would otherwise load the states onto the GPU they were saved
+    # from (rank 0's); load_state_dict moves them to each parameter's device.
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu",
+                                         weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu",
+                                         weights_only=True))
     return json.loads((path / STATE).read_text(encoding="utf-8"))
 
 
