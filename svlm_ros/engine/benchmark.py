@@ -219,7 +219,14 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 def run_parts(loaded, config: StreamConfig, cameras: int, phase: str, args) -> dict:
     """Stream ``cameras`` simulated cameras (one session each, rounds one after another) to
     ``phase`` and measure every round's parts over ``--measure-seconds``."""
-    sessions = [StreamingSession(loaded, config) for _ in range(cameras)]
+    group = None
+    if args.batched and cameras > 1:
+        from svlm_ros.engine.camera_group import CameraGroup
+
+        group = CameraGroup(loaded, config, cameras=cameras)
+        sessions = group.sessions
+    else:
+        sessions = [StreamingSession(loaded, config) for _ in range(cameras)]
     for session in sessions:
         session.sync_timings = True  # per-part times are device times, not launch times
     width, height = args.frame_size
@@ -250,7 +257,21 @@ def run_parts(loaded, config: StreamConfig, cameras: int, phase: str, args) -> d
             feed(start + second + index / CAMERA_RATE_HZ)
         elapsed = 0.0
         results = []
-        for session in sessions:
+        if group is not None:
+            # Cameras due together: prefills one by one, one batched decode, closes. Every
+            # camera's narration comes at the end of the whole call.
+            while True:
+                due = [session.sampler.pop_ready()[0] for session in sessions]
+                if all(second is None for second in due):
+                    break
+                started = sessions[0]._clock()
+                batch = [r for r in group.run_rounds(due) if r is not None]
+                took = (sessions[0]._clock() - started) * 1e3
+                results.extend(batch)
+                elapsed += took
+                if second > args.warmup_seconds and all(r.start >= jump for r in batch):
+                    latency_ms.extend([elapsed] * len(batch))
+        for session in (sessions if group is None else ()):
             while True:  # the pre-jump period, if any, is run first and not measured
                 result, _ = session.run_pending()
                 if result is None:
@@ -284,7 +305,7 @@ def run_parts(loaded, config: StreamConfig, cameras: int, phase: str, args) -> d
         "video_seconds_per_second": (cameras * len(second_ms) / (sum(second_ms) / 1e3)
                                      if second_ms else float("nan")),
         "latency_ms": _percentiles(latency_ms),
-        "decode_path": sessions[0].decode_path,
+        "decode_path": "batched" if group is not None else sessions[0].decode_path,
     }
 
 
@@ -347,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows at 20 tokens per round (default 70)")
     parser.add_argument("--measure-seconds", type=int, default=30,
                         help="stream seconds measured per phase in --parts (default 30)")
+    parser.add_argument("--batched", action="store_true",
+                        help="in --parts, decode the cameras due together as one batch "
+                        "(CameraGroup) instead of one after another")
     parser.add_argument("--decode-path", default="auto",
                         help="auto, eager, static or compiled (default auto: compiled on "
                         "CUDA, eager on the CPU)")

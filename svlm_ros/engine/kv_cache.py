@@ -63,6 +63,19 @@ class PreallocatedLayer(DynamicLayer):
         self.is_initialized = True
         self._refresh_views()
 
+    def attach(self, keys: torch.Tensor, values: torch.Tensor,
+               pristine_keys: torch.Tensor | None) -> None:
+        """Use given ``(1, kv_heads, capacity, head_dim)`` buffers (views into a storage shared
+        by several sessions, so their decode can run as one batch)."""
+        if keys.shape[2] != self.capacity or values.shape != keys.shape:
+            raise ValueError(f"buffers of shape {tuple(keys.shape)} do not match capacity "
+                             f"{self.capacity}")
+        self.device = keys.device
+        self._key_buffer, self._value_buffer = keys, values
+        self._pristine_key_buffer = pristine_keys
+        self.is_initialized = True
+        self._refresh_views()
+
     def advance(self, tokens: int) -> None:
         """Count ``tokens`` written into the buffers directly (by the fixed-shape decode step)."""
         if self.length + tokens > self.capacity:
@@ -176,6 +189,15 @@ class BoundedKVCache(Cache):
         # Position shift since written, per slot, on the host (the policy's shifts live there).
         # Slots past the live length always hold 0: new tokens start unshifted.
         self.total_shift = torch.zeros(self.capacity, dtype=torch.long) if pristine_keys else None
+
+    def attach(self, keys: list[torch.Tensor], values: list[torch.Tensor],
+               pristine_keys: list[torch.Tensor] | None) -> None:
+        """Use given per-layer buffers instead of allocating (see ``PreallocatedLayer.attach``)."""
+        for index, layer in enumerate(self.layers):
+            layer.attach(keys[index], values[index],
+                         None if pristine_keys is None else pristine_keys[index])
+        self.total_shift = (torch.zeros(self.capacity, dtype=torch.long)
+                            if pristine_keys is not None else None)
 
     def buffers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Every layer's full-capacity key and value buffers (for the fixed-shape decode)."""

@@ -76,48 +76,52 @@ class _SlotWriteCache:
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        # In place on the preallocated buffers: the graph's inputs keep their addresses.
-        keys.index_copy_(2, self.slot, key_states.to(keys.dtype))
-        values.index_copy_(2, self.slot, value_states.to(values.dtype))
+        # In place on the preallocated buffers (the graph's inputs keep their addresses); row b
+        # of the batch goes to slot[b] of its own cache.
+        rows = torch.arange(keys.shape[0], device=keys.device)
+        keys[rows, :, self.slot] = key_states[:, :, 0].to(keys.dtype)
+        values[rows, :, self.slot] = value_states[:, :, 0].to(values.dtype)
         if self.pristine is not None:  # the cache's unrotated-since-written copy
-            self.pristine[layer_idx].index_copy_(2, self.slot, key_states.to(keys.dtype))
+            self.pristine[layer_idx][rows, :, self.slot] = key_states[:, :, 0].to(keys.dtype)
         return keys, values
 
 
 def decode_step(language_model, lm_head, token: torch.Tensor, position: torch.Tensor,
                 slot: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
                 pristine: list[torch.Tensor] | None, float_mask: bool) -> torch.Tensor:
-    """One token through the language model over the whole cache capacity.
+    """One token per cache (a batch of ``B`` caches) through the language model over the whole
+    capacity.
 
     Args:
         language_model: ``model.model.language_model``.
         lm_head: ``model.lm_head``.
-        token: ``(1,)`` long, the token to feed.
-        position: ``(1,)`` long, its rotary position (all three M-RoPE axes: a text token).
-        slot: ``(1,)`` long, the cache slot it is written to (= tokens held before it).
-        keys, values: Per layer ``(1, kv_heads, capacity, head_dim)`` preallocated buffers.
-        pristine: The cache's pristine key buffers (half precision), or None.
+        token: ``(B,)`` long, the tokens to feed.
+        position: ``(B,)`` long, their rotary positions (all three M-RoPE axes: text tokens).
+        slot: ``(B,)`` long, the cache slots they are written to (= tokens held before them).
+        keys, values: Per layer ``(B, kv_heads, capacity, head_dim)`` preallocated buffers.
+        pristine: The caches' pristine key buffers (half precision), or None.
         float_mask: Give the attention an additive float mask (the ``eager`` kernel) instead of
             a boolean one (SDPA).
 
     Returns:
-        ``(vocab,)`` logits of the next token.
+        ``(B, vocab)`` logits of the next tokens.
     """
-    capacity = keys[0].shape[2]
-    visible = torch.arange(capacity, device=slot.device) <= slot  # slots 0..length inclusive
-    mask = visible[None, None, None, :]
+    batch, capacity = keys[0].shape[0], keys[0].shape[2]
+    # Row b sees its slots 0..slot[b] inclusive.
+    visible = torch.arange(capacity, device=slot.device)[None, :] <= slot[:, None]
+    mask = visible[:, None, None, :]
     if float_mask:
         dtype = keys[0].dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=slot.device).masked_fill(
             ~mask, torch.finfo(dtype).min)
     hidden = language_model(
-        input_ids=token.view(1, 1),
-        position_ids=position.view(1, 1, 1).expand(3, 1, 1),
+        input_ids=token.view(batch, 1),
+        position_ids=position.view(1, batch, 1).expand(3, batch, 1),
         attention_mask={"full_attention": mask},
         cache=_SlotWriteCache(keys, values, pristine, slot),
         use_cache=True,
     ).last_hidden_state
-    return lm_head(hidden[:, -1])[0]
+    return lm_head(hidden[:, -1])
 
 
 _COMPILED: dict[str, object] = {}
@@ -178,7 +182,7 @@ class StaticDecoder:
         slot = torch.full((1,), self.cache.length, dtype=torch.long, device=token.device)
         fn = compiled_decode_step(token.device) if self.compiled else decode_step
         logits = fn(self.model.model.language_model, self.model.lm_head, token, position,
-                    slot, keys, values, pristine, self.float_mask)
+                    slot, keys, values, pristine, self.float_mask)[0]
         self.cache.advance(1)
         # A CUDA-graph output is overwritten by the next replay: keep our own copy.
         return logits.clone() if self.compiled else logits
@@ -240,7 +244,7 @@ class GraphedDecoder(StaticDecoder):
                                    self._slot, keys, values, pristine, self.float_mask)
 
             graph = self._graph_factory(token.device)
-            self._logits = graph.capture(run)
+            self._logits = graph.capture(run)[0]
             self._graph = graph
         self._token.copy_(token)
         self._position.copy_(position)

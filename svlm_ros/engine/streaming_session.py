@@ -175,10 +175,13 @@ class StreamingSession:
         config: Stream settings.
         record_logits: Keep the logits of every generated token of the last round in
             ``last_round_logits`` (for exactness tests).
+        cache_factory: Builds the session's cache instead of ``_make_cache`` (given the
+            session, its bound computed); ``CameraGroup`` uses it to place several sessions'
+            caches in one storage.
     """
 
     def __init__(self, loaded: LoadedModel, config: StreamConfig | None = None, *,
-                 record_logits: bool = False):
+                 record_logits: bool = False, cache_factory=None):
         self.loaded = loaded
         self.config = config or StreamConfig()
         self.model = loaded.model
@@ -202,7 +205,7 @@ class StreamingSession:
         self._sink_ids = self.layout.sink_ids
         self._close_ids = self.layout.close_ids
         self.bound = self._compute_bound()
-        self.cache = self._make_cache()
+        self.cache = cache_factory(self) if cache_factory else self._make_cache()
         self.record_logits = record_logits
         self.last_round_logits: list[torch.Tensor] = []
         self._interrupt = threading.Event()

@@ -73,3 +73,15 @@ def test_shaped_model_is_built_on_the_device_in_the_dtype(tmp_path):
     loaded = build_shaped_model("tiny", tiny, device="cpu", dtype="bfloat16")
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}
+
+
+def test_parts_report_with_batched_cameras(tmp_path, capsys):
+    out = tmp_path / "batched.json"
+    assert main(["--model-shape", "tiny", "--cameras", "2", "--batched", "--phases", "hour2",
+                 "--warmup-seconds", "3", "--measure-seconds", "2", "--frame-size", "160x120",
+                 "--vision-window-seconds", "2", "--max-new-tokens", "4", "--threads", "1",
+                 "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["decode_path"] == "batched" and row["rounds_measured"] == 4
+    assert math.isfinite(row["latency_ms"]["p99"])
+    assert "2 hour2" in " ".join(capsys.readouterr().out.split())
