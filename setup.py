@@ -57,6 +57,8 @@ setup(
             "svlm-train = svlm_training.trainer:main",
             "svlm-export = svlm_training.export:main",
             "svlm-eval = svlm_training.evaluation:main",
+            "svlm-make-sim-narrator = svlm_training.sim_narrator:main",
+            "svlm-sim-ablations = svlm_training.sim_ablations:main",
             "svlm-sim = svlm_ros.sim.cli:main",  # writing bags needs rosbags ([train])
             # These need rclpy and the colcon-built interfaces at run time.
             "narrator = svlm_ros.node.narrator:main",
