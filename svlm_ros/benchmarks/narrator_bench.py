@@ -10,6 +10,8 @@ rgb8 frames to it from this process for ``--duration`` seconds, and prints:
 * every ``--report-every`` seconds, the node's own counters from ``/svlm/status``: frames
   received / sampled / dropped / rejected, seconds narrated / skipped / overflowed and the
   pending queue, with the step and publish latency;
+* with ``--asks N``, N concurrent asks sent ``--asks-at`` seconds in: how many were
+  answered and how long the last took (the issue-10 check of ``torch_threads``);
 * at the end, the narration latency (``Narration.latency``: end of the narrated second on
   the camera clock to publication) after ``--warmup`` seconds: median, p99, max and the share
   within the 1.2 s target (met when the p99 is within it); and whether the queue stayed
@@ -89,7 +91,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--max-pixels", type=int, default=602112)
     parser.add_argument("--torch-threads", type=int, default=0,
-                        help="the node's torch_threads (0: torch's default, one per core)")
+                        help="the node's torch_threads (0: automatic)")
+    parser.add_argument("--asks", type=int, default=0, help="concurrent asks to send")
+    parser.add_argument("--asks-at", type=float, default=20.0,
+                        help="seconds after the first frame to send the asks")
     parser.add_argument("--namespace", default="/svlm_bench",
                         help="namespace for the narrator (keeps it apart from others)")
     return parser.parse_args(argv)
@@ -111,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from sensor_msgs.msg import Image
 
     from svlm_ros.msg import Narration, NarratorStatus
+    from svlm_ros.srv import Ask
 
     work = Path(tempfile.mkdtemp(prefix="narrator_bench_"))
     model_path = arguments.model_path
@@ -163,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     ).tobytes()
     stop = threading.Event()
     published = [0]
+    ask_client = node.create_client(Ask, f"{namespace}/ask", qos_profile=QoSProfile(depth=100))
+    asks: dict[str, list] = {"answered": [], "refused": []}
+    asks_sent = [0.0]
+
+    def ask_done(future) -> None:
+        result = future.result()
+        with lock:
+            asks["answered" if result.success else "refused"].append(time.monotonic())
 
     def publish_frames(started: float) -> None:
         ticks = 0
@@ -210,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     end = started + arguments.duration
     while time.monotonic() < end and narrator.poll() is None:
         stop.wait(min(1.0, max(0.0, min(next_report, end) - time.monotonic())))
+        if arguments.asks and not asks_sent[0] and time.monotonic() - started >= arguments.asks_at:
+            asks_sent[0] = time.monotonic()
+            for index in range(arguments.asks):
+                ask_client.call_async(
+                    Ask.Request(question=f"Question {index}: what moved?")
+                ).add_done_callback(ask_done)
         with lock:
             status = statuses[-1][1] if statuses else None
         if status is not None and status.cameras:
@@ -249,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
                         for arrived, m in narrations if arrived - started_wall >= arguments.warmup]
         narrated = len(narrations)
     max_pending = max(pending_seen) if pending_seen else 0
+    if arguments.asks:
+        with lock:
+            done = asks["answered"] + asks["refused"]
+            last = f"{max(done) - asks_sent[0]:.1f} s" if done and asks_sent[0] else "-"
+            print(f"\n{arguments.asks} concurrent asks: {len(asks['answered'])} answered, "
+                  f"{len(asks['refused'])} refused, "
+                  f"{arguments.asks - len(done)} unanswered at the end; last reply after {last}")
     print(f"\nnarrations: {narrated} in {arguments.duration:g} s "
           f"({len(latencies)} after the {arguments.warmup:g} s warm-up)")
     within = sum(latency <= LATENCY_TARGET_S for latency in latencies)

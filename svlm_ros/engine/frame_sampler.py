@@ -7,10 +7,10 @@ camera clock or simulated time), never the wall clock, so replayed bags and simu
 their own time.
 
 A period is complete when a frame of a later period arrives, or when the consumer says that
-its end has passed (``close_until``: the node extrapolates the camera clock from the newest
-frame, so the last second before a stall, or at the end of a stream, is narrated on time).
-A frame whose period was already closed that way arrives too late to be seen: it is dropped
-and counted (``late_frames``).
+its end has passed (``close_until``: the node maps its clock to the camera clock from the
+newest frames, so the last second before a stall, or at the end of a stream, is narrated on
+time). A frame whose period was already closed that way arrives too late to be seen: it is
+dropped and counted (``late_frames``).
 
 Documented recoveries:
   * a stamp earlier than the newest accepted one is rejected (``FrameRejected``); the stream
@@ -207,10 +207,12 @@ class FrameSampler:
         return False
 
     def close_until(self, stamp: float) -> bool:
-        """Close every period that ended at or before ``stamp`` (on the camera clock).
+        """Close the open period if it ended at or before ``stamp`` (on the camera clock).
 
-        Periods without frames among them are counted as gaps at once. Frames of a closed
-        period that arrive afterwards are dropped (``late_frames``).
+        Frames of the closed period that arrive afterwards are dropped (``late_frames``).
+        Only the open period is closed: seconds without frames after it are counted as gaps
+        when frames return, as always, so an estimate of ``stamp`` that runs ahead can cost
+        at most the rest of one period, never a stretch of the stream.
 
         Returns:
             True when a period with frames became ready.
@@ -220,14 +222,10 @@ class FrameSampler:
         with self._lock:
             if self.origin is None or stamp - self.origin >= MAX_STREAM_SECONDS:
                 return False
-            ended = self._index(stamp)  # periods before this index have ended
-            if ended <= self._accounted:
+            current = self._current
+            if current is None or self._index(stamp) <= current.index:
                 return False
-            ready = False
-            if self._current is not None and self._current.index < ended:
-                ready = self._close_current()
-            self._account_until(ended)
-            return ready
+            return self._close_current()
 
     def _slot(self, stamp: float) -> int:
         slot = int((stamp - self.origin - self._current.start) * self.fps + 1e-9)

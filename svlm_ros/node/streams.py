@@ -24,8 +24,9 @@ from svlm_ros.node.parameters import CameraSpec
 from svlm_ros.node.stream_stats import CameraSnapshot, CameraStats
 from svlm_ros.node.transport_monitor import ArrivalMonitor
 
-# Frames whose arrival maps the node clock to the camera clock.
-CLOCK_OFFSET_FRAMES = 8
+# Frames whose arrival maps the node clock to the camera clock, and how many it takes.
+CLOCK_OFFSET_FRAMES = 9
+CLOCK_OFFSET_MIN_FRAMES = 3
 
 
 class StreamRebuildFailed(RuntimeError):
@@ -47,8 +48,8 @@ class CameraStream:
         # Frame size last checked against the vision input's limits (aspect ratio).
         self.checked_size: tuple[int, int] | None = None
         self.arrivals = ArrivalMonitor()
-        # Arrival (node clock) minus stamp of the newest frames of the stream: the smallest
-        # is the offset between the clocks plus the least transport delay.
+        # Arrival (node clock) minus stamp of the newest frames of the stream: their median
+        # is the offset between the clocks plus the usual transport delay.
         self._clock_lock = threading.Lock()
         self._clock_offsets: deque[float] = deque(maxlen=CLOCK_OFFSET_FRAMES)
         self._newest_stamp: float | None = None
@@ -68,16 +69,18 @@ class CameraStream:
             self._newest_stamp = None
 
     def camera_time(self, node_now: float) -> float | None:
-        """The camera clock now, from the node clock; None before the first frame.
+        """The camera clock now, from the node clock; None before enough frames came.
 
-        Taken from the newest frames' smallest offset, not from the newest frame alone: when
-        a frame's callback runs late (a busy executor, or simulated time that moved on before
-        the frame was handled), its own offset is too large and would hold periods open.
+        Taken from the median offset of the newest frames, not from one frame: a callback
+        that ran late (a busy executor, or simulated time that moved on before the frame was
+        handled) or early (a frame handled before the clock message that preceded it) would
+        hold a period open, or close it before its frames came.
         """
         with self._clock_lock:
-            if not self._clock_offsets:
+            if len(self._clock_offsets) < CLOCK_OFFSET_MIN_FRAMES:
                 return None
-            return node_now - min(self._clock_offsets)
+            ordered = sorted(self._clock_offsets)
+            return node_now - ordered[len(ordered) // 2]
 
     def snapshot(self, default_period: float) -> CameraSnapshot:
         """The camera's counters now, with the current stream's sampler counts."""
