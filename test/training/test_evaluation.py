@@ -92,3 +92,39 @@ def test_eval_errors_name_the_problem(tmp_path, tiny_model_path, capsys):
     out.mkdir()
     assert main([*base, "--image-topic", "/camera/image"]) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_eval_asks_questions_and_runs_the_cache_ablations(tmp_path, tiny_model_path, capsys):
+    bag = write_bag(tmp_path / "bag", BagSpec(seconds=8, texts=TEXTS))
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"second": 2, "question": "what colour is the card?"}\n'
+                         '{"second": 5, "question": "and now?"}\n')
+    base = ["--bag", str(bag), "--model", str(tiny_model_path), "--image-topic",
+            "/camera/image", "--quiet", "--max-new-tokens", "3", "--vision-window-seconds", "2",
+            "--text-sink-tokens", "2", "--text-window-tokens", "4", *SMALL_FRAMES]
+    transcripts = {}
+    for name, flags in {"bounded": [], "sliding": ["--no-attention-sink"],
+                        "native": ["--native-positions"]}.items():
+        out = tmp_path / name
+        code = main([*base, "--out", str(out), "--questions", str(questions), *flags])
+        assert code == 0, capsys.readouterr().err
+        answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+        assert [(a["second"], a["question"]) for a in answers] == [
+            (2.0, "what colour is the card?"), (5.0, "and now?")]
+        settings = json.loads((out / "scores.json").read_text())["settings"]["cache"]
+        assert settings["attention_sink"] == (name != "sliding")
+        assert settings["contiguous_positions"] == (name != "native")
+        rows = [json.loads(x) for x in (out / "transcript.jsonl").read_text().splitlines()]
+        transcripts[name] = rows
+    # Without the sink the cache holds fewer tokens once the first round has been evicted.
+    assert (transcripts["sliding"][-1]["cache_tokens"]
+            < transcripts["bounded"][-1]["cache_tokens"])
+    # A budget stops the replay early and says so; with no time at all nothing is narrated.
+    out = tmp_path / "budget"
+    assert main([*base, "--out", str(out), "--budget-seconds", "1e-9"]) == 1
+    assert "no complete second" in capsys.readouterr().err and not out.exists()
+    assert json.loads((tmp_path / "bounded" / "scores.json").read_text())["stopped_early"] is False
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{\"question\": \"no second\"}\n")
+    assert main([*base, "--out", str(tmp_path / "x"), "--questions", str(bad)]) == 1
+    assert "bad.jsonl:1" in capsys.readouterr().err

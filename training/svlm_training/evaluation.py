@@ -15,6 +15,11 @@ Writes (under a temporary name, renamed at the end) into ``--out``:
                        generated_tokens, cache_tokens, and with --text-topic: reference, chrf
     scores.json        chrF (sacrebleu), silence agreement, latency figures, settings
     eval.png           per-second chrF and step latency over stream time
+    answers.jsonl      with --questions: second, question, answer, latency (s)
+
+Ablations of the bounded cache (for experiments, not for robots): --no-attention-sink,
+--native-positions, and a --vision-window-seconds as long as the bag for full attention, which
+--budget-seconds stops after so many wall seconds (``stopped_early`` in scores.json).
 
 References are aligned exactly as ``svlm-bag2dataset`` aligns training text.
 """
@@ -69,6 +74,8 @@ def stream_config(args) -> StreamConfig:
             text_sink_tokens=args.text_sink_tokens,
             text_window_tokens=args.text_window_tokens,
             vision_window_seconds=args.vision_window_seconds,
+            attention_sink=not args.no_attention_sink,
+            contiguous_positions=not args.native_positions,
         ),
         sampling=SamplingConfig(temperature=args.temperature, seed=args.seed),
         # Offline replay: every completed second is narrated, none is dropped as stale.
@@ -93,6 +100,8 @@ def evaluate(args) -> dict:
         if args.text_topic:
             events = read_text_events(bag, args.text_topic, text_type, stamps, args.period,
                                       args.camera)
+        questions = read_questions(args.questions) if args.questions else {}
+        answers: list[dict] = []
         loaded = load_model(args.model, device=args.device, dtype=args.dtype)
         session = StreamingSession(loaded, stream_config(args))
         # The same sampling as the session's, only to label each second with its reference.
@@ -104,8 +113,12 @@ def evaluate(args) -> dict:
         progress = tqdm(total=bag.message_count(args.image_topic), unit="frame",
                         desc="svlm-eval", disable=args.quiet)
 
+        def out_of_budget() -> bool:
+            return bool(args.budget_seconds) and (time.perf_counter() - started
+                                                  > args.budget_seconds)
+
         def narrate_pending() -> None:
-            while not (args.max_seconds and len(rows) >= args.max_seconds):
+            while not (args.max_seconds and len(rows) >= args.max_seconds) and not out_of_budget():
                 result, _ = session.run_pending()
                 if result is None:
                     return
@@ -123,6 +136,10 @@ def evaluate(args) -> dict:
                     row["chrf"] = second_chrf(result.text, row["reference"])
                 rows.append(row)
                 progress.set_postfix(seconds=len(rows), refresh=False)
+                for question in questions.get(int(round(result.start)), []):
+                    answer = session.ask(question)  # leaves the stream as it was
+                    answers.append({"second": result.start, "question": question,
+                                    "answer": answer.text, "latency": answer.latency})
 
         last_stamp = None
         with progress:
@@ -153,7 +170,7 @@ def evaluate(args) -> dict:
                     continue
                 last_stamp = stamp
                 narrate_pending()
-                if args.max_seconds and len(rows) >= args.max_seconds:
+                if (args.max_seconds and len(rows) >= args.max_seconds) or out_of_budget():
                     break
             else:
                 # The end of the bag: close the last second, as the node does once its end has
@@ -178,15 +195,32 @@ def evaluate(args) -> dict:
         "frames_rejected": rejected,
         "wall_seconds": wall,
         "stamps": stamps,
+        "stopped_early": out_of_budget(),
         "settings": asdict(stream_config(args)),
     }
     if args.text_topic:
         scores.update(score_transcript([r["text"] for r in rows], [r["reference"] for r in rows]))
-    _write_outputs(out, rows, scores)
+    _write_outputs(out, rows, scores, answers)
     return scores
 
 
-def _write_outputs(out: Path, rows: list[dict], scores: dict) -> None:
+def read_questions(path: str) -> dict[int, list[str]]:
+    """``--questions`` JSONL (``{"second": s, "question": q}`` per line): second -> questions."""
+    questions: dict[int, list[str]] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            questions.setdefault(int(item["second"]), []).append(str(item["question"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: expected {{\"second\": N, \"question\": "
+                             f"\"...\"}}, got {line.strip()[:80]!r} ({error})") from None
+    return questions
+
+
+def _write_outputs(out: Path, rows: list[dict], scores: dict,
+                   answers: list[dict] | None = None) -> None:
     tmp = out.parent / f".{out.name}.incomplete-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -194,6 +228,10 @@ def _write_outputs(out: Path, rows: list[dict], scores: dict) -> None:
         with (tmp / "transcript.jsonl").open("w", encoding="utf-8") as stream:
             for row in rows:
                 stream.write(json.dumps(row) + "\n")
+        if answers is not None:
+            with (tmp / "answers.jsonl").open("w", encoding="utf-8") as stream:
+                for answer in answers:
+                    stream.write(json.dumps(answer) + "\n")
         (tmp / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n",
                                          encoding="utf-8")
         plot_evaluation(rows, tmp / "eval.png")
@@ -256,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="as the node (default 512)")
     p.add_argument("--vision-window-seconds", type=int, default=16,
                    help="as the node (default 16)")
+    p.add_argument("--no-attention-sink", action="store_true",
+                   help="ablation: evict the sink (system prompt) with the first eviction")
+    p.add_argument("--native-positions", action="store_true",
+                   help="ablation: keep original positions after evictions (not contiguous)")
+    p.add_argument("--budget-seconds", type=float, default=0,
+                   help="stop after this many wall seconds, e.g. for full attention "
+                        "(default 0: no budget)")
+    p.add_argument("--questions", default=None,
+                   help="JSONL of {\"second\": N, \"question\": \"...\"}: asked through the "
+                        "session right after second N is narrated; answers in answers.jsonl")
     p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT, help="as the node")
     p.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="as the node")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
