@@ -11,11 +11,17 @@ concept per module:
   labelled spans, without a model; the session and the SFT chunker both use it.
 - ``cache_policy``: which tokens stay, in which order, at which position.
 - ``kv_cache`` and ``rotary_shift``: the preallocated cache, compacted in place.
-- ``decoding``: token choice.
+- ``decoding``: token choice (host reference); ``device_sampling``: the same on the device.
+- ``attention``: attention kernels per phase (decode, prefill, vision window attention).
+- ``static_decode``: the fixed-shape decode step (static, compiled, CUDA graph).
+- ``camera_group``: several cameras' sessions decoded as one batch.
+- ``model_shapes``: random-weight models with real shapes (``svlm-bench --model-shape``);
+  ``bf16_drift``: rounding drift of long bfloat16 streams against recomputation.
 - ``tiny_model`` (``svlm-make-tiny``) and ``benchmark`` (``svlm-bench``).
 """
 
 from svlm_ros.engine.cache_policy import CachePolicyConfig, StreamingCachePolicy
+from svlm_ros.engine.camera_group import CameraGroup
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.frame_sampler import FrameRejected
 from svlm_ros.engine.model_loading import LoadedModel, load_model
@@ -33,6 +39,7 @@ from svlm_ros.engine.streaming_session import (
 __all__ = [
     "Answer",
     "CachePolicyConfig",
+    "CameraGroup",
     "FrameRejected",
     "GenerationInterrupted",
     "LoadedModel",

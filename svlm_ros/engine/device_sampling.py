@@ -51,8 +51,10 @@ class DeviceTokenChooser:
         """Set the seen-token mask to the ids in ``context_ids`` (once per round or answer)."""
         self.seen.zero_()
         if self.config.repetition_penalty != 1.0 and context_ids.numel():
+            # Cached ids are all vocabulary ids (video pads included); index_fill_ needs no
+            # host sync, unlike filtering with a boolean mask would.
             ids = context_ids.to(self.device, non_blocking=True).long()
-            self.seen[ids[(ids >= 0) & (ids < self.vocab_size)]] = True
+            self.seen.index_fill_(0, ids, True)
 
     def mark_seen(self, token: torch.Tensor) -> None:
         """Add a chosen (or forced) token to the seen-token mask, on the device."""
