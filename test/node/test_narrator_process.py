@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -113,6 +114,7 @@ def test_integer_for_a_decimal_parameter_is_explained(spawn_node):
     assert "2.0 rather than 2" in narrator.output()
 
 
+@pytest.mark.slow  # loads the model by hand and narrates on /clock, about 12 s
 def test_lifecycle_by_hand_sim_time_then_sigterm_within_5_s(spawn_node, tiny_model_path):
     # autostart false: the node waits unconfigured until a lifecycle manager (here the test)
     # configures and activates it; then it narrates, and SIGTERM ends it cleanly.

@@ -6,9 +6,12 @@ camera clock going back and jumping ahead, and asks, all within a few simulated 
 
 from __future__ import annotations
 
+import pytest
+
 from svlm_ros.benchmarks.soak_bench import run_soak
 
 
+@pytest.mark.slow  # about 20 s of simulated minutes on a loaded 2-core machine
 def test_short_soak_survives_and_narrates_every_second_with_a_frame(tiny_model_path, tmp_path):
     figures = run_soak(
         180,

@@ -68,6 +68,7 @@ def test_too_few_frames_give_no_estimate():
     assert explain(figures, transport="raw", reliability="best_effort") == ""
 
 
+@pytest.mark.slow  # a narrator and a camera process, about 15 s
 def test_a_default_camera_losing_raw_frames_gets_a_warning_naming_cause_and_fix(
     spawn_node, tiny_model_path, tmp_path
 ):
