@@ -34,7 +34,7 @@ class StreamRebuildFailed(RuntimeError):
 
 
 class CameraStream:
-    """One camera: its configuration, counters and stream session.
+    """One camera: its configuration, counters, stream session and clock mapping.
 
     Args:
         spec: The camera as configured (name, topic, transport).

@@ -187,3 +187,11 @@ def test_readme_table_is_the_parameter_table():
     assert parameter_table() in readme, (
         "README's parameter table is out of date; paste narrator_params.parameter_table()"
     )
+
+
+def test_automatic_torch_threads_leave_the_ros_threads_room():
+    # CPU: the cores less two, at least one; GPU: one, two on a machine with 8 or more cores.
+    assert [narrator_params.automatic_torch_threads(cores, "cpu") for cores in (1, 2, 3, 4, 16)
+            ] == [1, 1, 1, 2, 14]  # fmt: skip
+    assert [narrator_params.automatic_torch_threads(cores, "cuda") for cores in (2, 7, 8, 64)
+            ] == [1, 1, 2, 2]  # fmt: skip
