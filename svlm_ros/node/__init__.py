@@ -17,7 +17,11 @@ One concern per file:
 - ``stream_stats``: per-camera counters and latency windows (plain Python).
 - ``fair_lock``: the first-come-first-served lock of the model.
 - ``stamps``: ``builtin_interfaces/Time`` to and from seconds.
+- ``transport_monitor``: frames lost before the node, estimated from the stamps, and the
+  warning that explains them (plain Python).
 - ``ask_client``: the ``svlm-ask`` command.
+- ``sim_camera`` and ``demo_monitor``: the demo's simulated camera node and its monitor
+  (``scripts/demo.sh``).
 
 Importing this package imports nothing; import the modules you need.
 """
