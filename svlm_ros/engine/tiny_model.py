@@ -105,6 +105,7 @@ def build_tokenizer(vocab_size: int = 1024, extra_text: list[str] | None = None)
 
 def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int = 2,
                          hidden_size: int = 64, vision_depth: int = 2,
+                         vision_hidden_size: int = 32,
                          initializer_range: float = 0.2,
                          tokenizer_text: list[str] | None = None) -> Path:
     """Write a tiny Qwen2.5-VL checkpoint directory that loads with ``from_pretrained``.
@@ -117,6 +118,7 @@ def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int 
         hidden_size: Width of the language model (a multiple of 32: 4 heads of a head size
             with 8 rotary pairs per 16 dimensions).
         vision_depth: Blocks of the vision tower (the last one attends over the whole frame).
+        vision_hidden_size: Width of the vision tower (2 heads).
         initializer_range: Spread of the language model's random weights (the vision tower keeps
             the usual 0.02). The default 0.2 (ten times the usual)
             makes attention peaked, so exactness tests notice a wrong rotation or order; a
@@ -167,8 +169,8 @@ def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int 
         },
         vision_config={
             "depth": vision_depth,
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "hidden_size": vision_hidden_size,
+            "intermediate_size": 2 * vision_hidden_size,
             "num_heads": 2,
             "out_hidden_size": hidden,
             "patch_size": 14,

@@ -13,13 +13,13 @@
 
 Settings (``--settings``, comma-separated; all by default):
 
-    bounded    ours: sink + previous text (first and last tokens) + 16 s of vision, contiguous
-               positions
+    bounded    ours, as the narrator was trained: sink + previous text (first and last tokens)
+               + 8 s of vision, contiguous positions
     full       nothing evicted (full attention), until ``--full-budget`` wall seconds
     sliding    a sliding window without sinks: no system-prompt sink, no text sink
     native     ours, but positions are not made contiguous after evictions
-    vision1, vision4
-               ours with a 1 s and a 4 s vision window (16 s is ``bounded``)
+    vision1, vision4, vision16
+               ours with a 1 s, 4 s and 16 s vision window (8 s is ``bounded``)
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ from svlm_ros.sim.world import World, WorldConfig
 from svlm_training.sim_narrator import IMAGE_TOPIC, NARRATOR_SETTINGS, TEXT_TOPIC
 
 SETTINGS = {
-    "bounded": ([], "ours: sink + text windows + 16 s vision, contiguous positions"),
+    "bounded": ([], "ours: sink + text windows + 8 s vision, contiguous positions"),
     "full": (["--vision-window-seconds", "{seconds}"], "full attention (nothing evicted)"),
     "sliding": (["--no-attention-sink", "--text-sink-tokens", "0"],
                 "sliding window without sinks"),
     "native": (["--native-positions"], "native (non-contiguous) positions"),
     "vision1": (["--vision-window-seconds", "1"], "vision window 1 s"),
     "vision4": (["--vision-window-seconds", "4"], "vision window 4 s"),
+    "vision16": (["--vision-window-seconds", "16"], "vision window 16 s"),
 }
 SLICE_SECONDS = 600
 
