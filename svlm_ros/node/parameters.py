@@ -147,8 +147,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
           "cuda:N.", read_only=True),
     _spec("dtype", "auto", "Model dtype; auto is bfloat16 on CUDA and float32 on the CPU.",
           read_only=True, choices=DTYPE_CHOICES),
-    _spec("attn_implementation", "auto", "Attention kernel; auto picks flash_attention_2 when "
-          "installed (CUDA, half precision), else sdpa.", read_only=True,
+    _spec("attn_implementation", "auto", "Attention kernel of the language model; auto is "
+          "sdpa (flash/efficient kernels on CUDA); the vision tower uses flash-attn when "
+          "installed.", read_only=True,
           choices=ATTENTION_CHOICES),
     _spec("torch_threads", 0, "CPU threads torch may use for one operation; 0 is automatic: "
           "on the CPU the cores less two for the ROS threads (at least 1), on a GPU 1 (2 with "
