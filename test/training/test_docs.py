@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from svlm_training import bag2dataset, evaluation, export, train_config
+from svlm_training import (
+    bag2dataset,
+    evaluation,
+    export,
+    sim_ablations,
+    sim_narrator,
+    train_config,
+)
 
 README = Path(__file__).resolve().parents[2] / "training" / "README.md"
 
@@ -13,8 +20,9 @@ README = Path(__file__).resolve().parents[2] / "training" / "README.md"
 @pytest.mark.parametrize(
     "parser",
     [bag2dataset.build_parser, train_config.build_parser, evaluation.build_parser,
-     export.build_parser],
-    ids=["svlm-bag2dataset", "svlm-train", "svlm-eval", "svlm-export"],
+     export.build_parser, sim_narrator.build_parser, sim_ablations.build_parser],
+    ids=["svlm-bag2dataset", "svlm-train", "svlm-eval", "svlm-export",
+         "svlm-make-sim-narrator", "svlm-sim-ablations"],
 )
 def test_every_flag_is_in_the_training_readme(parser):
     text = README.read_text(encoding="utf-8")
