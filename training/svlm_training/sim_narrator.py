@@ -149,7 +149,10 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
             if (run / name).exists():
                 shutil.copy2(run / name, staging / name)
         recipe = {
-            "command": "svlm-make-sim-narrator " + " ".join(sys.argv[1:] or [str(out)]),
+            # The settings that shape the model (not this machine's paths).
+            "command": (f"svlm-make-sim-narrator OUT --bags {args.bags} --bag-seconds "
+                        f"{args.bag_seconds} --steps {args.steps} --lr {args.lr} --seed "
+                        f"{args.seed}"),
             "bags": args.bags, "bag_seconds": args.bag_seconds, "world_seeds": [1, args.bags],
             "steps": args.steps, "lr": args.lr, "seed": args.seed,
             "narrator_settings": NARRATOR_SETTINGS,
