@@ -5,6 +5,10 @@ A second counts as right when
   * an event happened and the narration names the same event words (kind, colour, shape and
     direction, read by ``parse_event``); other words around them do not matter.
 
+Two partial credits show what a narrator gets right before it gets whole sentences right:
+``events_spoken`` (it said something in an event second) and ``colour_right`` (it named the
+colour of the shape that the event was about).
+
 Two reference points come with every score: *always silent* (the share of quiet seconds: what
 a narrator that never speaks gets) and *chance* (a narrator that is silent as often as the world
 is quiet and otherwise names a random event).
@@ -44,6 +48,8 @@ class SliceScore:
     events_right: int
     quiet_seconds: int
     quiet_right: int
+    events_spoken: int = 0
+    colour_right: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -77,13 +83,22 @@ def score_narration(world: World, narration: Iterable[tuple[int, str]],
         else:
             score.event_seconds += 1
             score.events_right += right
+            score.events_spoken += bool(text.strip())
+            score.colour_right += named_colour(text) == world.event_at(int(second)).colour
     return [slices[index] for index in sorted(slices)]
+
+
+def named_colour(text: str) -> str | None:
+    """The one colour a narration names, or None (none, or several)."""
+    words = set(text.lower().replace(".", " ").replace(",", " ").split())
+    named = [colour for colour in COLOURS if colour in words]
+    return named[0] if len(named) == 1 else None
 
 
 def total(scores: list[SliceScore]) -> SliceScore:
     """All slices together."""
     fields = ("seconds", "right", "event_seconds", "events_right", "quiet_seconds",
-              "quiet_right")
+              "quiet_right", "events_spoken", "colour_right")
     sums = {name: sum(getattr(s, name) for s in scores) for name in fields}
     return SliceScore(scores[0].start if scores else 0, scores[-1].end if scores else 0, **sums)
 

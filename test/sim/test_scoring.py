@@ -29,6 +29,9 @@ def test_a_perfect_narrator_scores_one_and_a_silent_one_the_quiet_share(world):
     for piece in silent:
         assert piece.accuracy == pytest.approx(piece.always_silent)
         assert piece.events_right == 0 and piece.quiet_right == piece.quiet_seconds
+        assert piece.events_spoken == piece.colour_right == 0
+    for piece in perfect:
+        assert piece.events_spoken == piece.colour_right == piece.event_seconds
     overall = total(silent)
     assert overall.seconds == seconds
     assert 0.0 < chance_accuracy(overall.always_silent) < overall.always_silent
@@ -57,3 +60,14 @@ def test_memory_questions_point_minutes_back_and_answers_are_checked(world):
         assert not answer_is_right(question, "I do not know")
         other = "red" if question.answer != "red" else "blue"
         assert not answer_is_right(question, f"{question.answer} or {other}")
+
+
+def test_partial_credit_for_speaking_and_for_the_colour(world):
+    events = [e for e in world.events(200)]
+    guesses = [(e.second, f"the {e.colour} blob does something") for e in events]
+    score = total(score_narration(world, guesses))
+    assert score.events_right == 0
+    assert score.events_spoken == score.colour_right == len(events)
+    other = {e.second: ("red" if e.colour != "red" else "blue") for e in events}
+    wrong = total(score_narration(world, [(s, f"a {c} square") for s, c in other.items()]))
+    assert wrong.events_spoken == len(events) and wrong.colour_right == 0

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated subset of {', '.join(SETTINGS)}")
     parser.add_argument("--full-budget", type=float, default=900.0,
                         help="wall seconds after which full attention is stopped (default 900)")
+    parser.add_argument("--baseline-seconds", type=int, default=0,
+                        help="replay only this many seconds for the settings other than "
+                             "bounded (default 0: the whole stream); for a quicker run")
     return parser
 
 
@@ -88,6 +91,8 @@ def run_setting(name: str, args, bag: Path, questions: Path) -> Path:
             "--out", str(out), "--questions", str(questions), *narrator_flags(), *extra]
     if name == "full":
         argv += ["--budget-seconds", str(args.full_budget)]
+    if name != "bounded" and args.baseline_seconds:
+        argv += ["--max-seconds", str(args.baseline_seconds)]
     print(f"== {name}: {SETTINGS[name][1]}", flush=True)
     status = evaluation.main(argv)
     if status:
@@ -119,6 +124,8 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
         "accuracy": overall.accuracy,
         "event_accuracy": overall.events_right / max(1, overall.event_seconds),
         "quiet_accuracy": overall.quiet_right / max(1, overall.quiet_seconds),
+        "events_spoken": overall.events_spoken / max(1, overall.event_seconds),
+        "colour_right": overall.colour_right / max(1, overall.event_seconds),
         "first_slice": slices[0].accuracy if slices else math.nan,
         "last_slice": slices[-1].accuracy if slices else math.nan,
         "slices": [{"start": s.start, "end": s.end, "accuracy": s.accuracy,
@@ -131,15 +138,17 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
 
 
 def write_results(out: Path, results: list[dict], reference: dict) -> None:
-    header = ("| setting | seconds | accuracy | first 10 min | last 10 min | events | quiet | "
-              "memory questions | step ms | cache tokens max |")
-    lines = [header, "|" + "---|" * 10]
+    header = ("| setting | seconds | accuracy % | first 10 min | last 10 min | events right | "
+              "events spoken | colour right | quiet right | memory questions | step ms | "
+              "cache tokens max |")
+    lines = [header, "|" + "---|" * 12]
     for r in results:
         stopped = " (stopped by budget)" if r["stopped_early"] else ""
         lines.append(
             f"| {r['setting']}: {r['description']} | {r['seconds']}{stopped} | "
             f"{100 * r['accuracy']:.1f} | {100 * r['first_slice']:.1f} | "
             f"{100 * r['last_slice']:.1f} | {100 * r['event_accuracy']:.1f} | "
+            f"{100 * r['events_spoken']:.1f} | {100 * r['colour_right']:.1f} | "
             f"{100 * r['quiet_accuracy']:.1f} | {r['questions_right']}/{r['questions_asked']} | "
             f"{r['step_ms_median']:.0f} | {r['cache_tokens_max']} |")
     lines += ["", f"Always silent: {100 * reference['always_silent']:.1f} %; chance: "
