@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -42,6 +43,11 @@ DEFAULT_QUESTION = "What colour was the last shape that left?"
 
 def stamp_seconds(message) -> float:
     return message.header.stamp.sec + message.header.stamp.nanosec * 1e-9
+
+
+def printable(text: str) -> str:
+    """One line of readable text: a narrator may say anything, newlines included."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def narration_matches(narration: str, truth: str) -> bool:
@@ -116,7 +122,7 @@ class DemoMonitor(Node):
         said = message.text if not message.silent else ""
         self.pairs.append((second, said, truth))
         mark = " " if truth is None else ("+" if narration_matches(said, truth) else "x")
-        print(f"[{second:4d} s] {mark} narrator: {said or '...':<42} | truth: "
+        print(f"[{second:4d} s] {mark} narrator: {printable(said) or '...':<42} | truth: "
               f"{'?' if truth is None else (truth or '...')}", flush=True)
         for stamp, picture in self.frames:
             if end - 1.0 <= stamp < end:
@@ -143,7 +149,8 @@ class DemoMonitor(Node):
             self.answer_text = ""
             return
         self.answer_text = response.answer
-        print(f"  answer ({response.latency:.2f} s): {response.answer}\n", flush=True)
+        print(f"  answer ({response.latency:.2f} s): {printable(response.answer)}\n",
+              flush=True)
 
     # ----- the end -----------------------------------------------------------------------------
     def summary(self) -> str:
@@ -210,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                 break  # an answer that never comes does not hold the demo forever
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError:
+        # A signal can shut the context down between two spins: that is a normal stop.
+        if rclpy.ok():
+            raise
     finally:
         if monitor is not None:
             finish(monitor, args.out)

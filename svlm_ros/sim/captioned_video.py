@@ -40,7 +40,7 @@ def caption(picture: np.ndarray, narration: str, truth: str | None, width: int =
     scaled = cv2.resize(picture, (width, height), interpolation=cv2.INTER_NEAREST)
     strip = np.zeros((CAPTION_ROWS * ROW_HEIGHT + 6, width, 3), np.uint8)
     scale = 0.45
-    said = narration.strip() or "..."
+    said = " ".join("".join(c if c.isprintable() else " " for c in narration).split()) or "..."
     cv2.putText(strip, _fit(f"narrator: {said}", width - 8, scale), (4, ROW_HEIGHT),
                 FONT, scale, (120, 255, 120), 1, cv2.LINE_AA)
     if truth is not None:
