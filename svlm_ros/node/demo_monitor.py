@@ -34,15 +34,12 @@ from sensor_msgs.msg import Image
 from svlm_ros.image_conversion import ImageRejected, image_message_to_rgb
 from svlm_ros.msg import Answer, Narration
 from svlm_ros.node.bag_recorder import BagRecorder
+from svlm_ros.node.stamps import stamp_to_seconds
 from svlm_ros.sim.captioned_video import CaptionedVideo
 from svlm_ros.sim.world import parse_event
 from svlm_ros.srv import Ask
 
 DEFAULT_QUESTION = "What colour was the last shape that left?"
-
-
-def stamp_seconds(message) -> float:
-    return message.header.stamp.sec + message.header.stamp.nanosec * 1e-9
 
 
 def printable(text: str) -> str:
@@ -97,7 +94,7 @@ class DemoMonitor(Node):
     def _on_image(self, message: Image) -> None:
         self._record("camera/image_raw", message)
         # Keep a few frames a second for the captioned video (every 0.25 s of camera time).
-        stamp = stamp_seconds(message)
+        stamp = stamp_to_seconds(message.header.stamp)
         if self.frames and stamp - self.frames[-1][0] < 0.24:
             return
         try:
@@ -107,14 +104,14 @@ class DemoMonitor(Node):
 
     def _on_truth(self, message: Narration) -> None:
         self._record("ground_truth", message)
-        self.truths[round(stamp_seconds(message))] = message.text
+        self.truths[round(stamp_to_seconds(message.header.stamp))] = message.text
 
     def _on_answer(self, message: Answer) -> None:
         self._record("answer", message)
 
     def _on_narration(self, message: Narration) -> None:
         self._record("narration", message)
-        end = stamp_seconds(message)
+        end = stamp_to_seconds(message.header.stamp)
         truth = self.truths.get(round(end))
         second = int(round(message.stream_time)) - 1
         if self.first_narration is None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any
 
 import rclpy
-from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -33,6 +32,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 
 from svlm_ros.msg import Narration
+from svlm_ros.node.stamps import seconds_to_stamp
 from svlm_ros.sim.world import World, WorldConfig
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -49,11 +49,6 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "wait_for_subscribers": (0, "Start the world only once this many subscriptions matched the "
                                 "camera topic (0: start at once)."),
 }
-
-
-def seconds_to_time(seconds: float) -> Time:
-    whole = int(seconds)
-    return Time(sec=whole, nanosec=min(999_999_999, int(round((seconds - whole) * 1e9))))
 
 
 class SimCameraNode(Node):
@@ -123,10 +118,10 @@ class SimCameraNode(Node):
             return
         stamp = self._origin() + t
         if self.clock is not None:
-            self.clock.publish(Clock(clock=seconds_to_time(stamp)))
+            self.clock.publish(Clock(clock=seconds_to_stamp(stamp)))
         picture = self.world.render(t)
         message = Image()
-        message.header.stamp = seconds_to_time(stamp)
+        message.header.stamp = seconds_to_stamp(stamp)
         message.header.frame_id = values["frame_id"]
         message.height, message.width = picture.shape[:2]
         message.encoding = "rgb8"
@@ -138,7 +133,7 @@ class SimCameraNode(Node):
     def _publish_truth(self, second: int) -> None:
         sentence = self.world.sentence_at(second)
         message = Narration()
-        message.header.stamp = seconds_to_time(self._origin() + second + 1)
+        message.header.stamp = seconds_to_stamp(self._origin() + second + 1)
         message.header.frame_id = self.values["frame_id"]
         message.camera = "sim"
         message.stream_time = float(second + 1)
