@@ -8,9 +8,15 @@ is given.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,3 +40,35 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from svlm_ros.engine.tiny_model import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model") / "tiny")
+
+
+
+@dataclass(frozen=True)
+class InstalledWheel:
+    """The repository's wheel installed into ``site`` (``pip install --target``), and an
+    environment that sees only it: no ROS variables, no checkout on ``PYTHONPATH``."""
+
+    site: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
+    """``setup.py``'s wheel, built and installed once per test session (about 20 s)."""
+    work = tmp_path_factory.mktemp("wheel")
+    wheels, site = work / "wheels", work / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         str(REPO), "-w", str(wheels)],
+        check=True, cwd=work,
+    )
+    (wheel,) = wheels.glob("svlm_ros-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+         str(wheel)],
+        check=True, cwd=work,
+    )
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AMENT", "COLCON", "ROS", "CMAKE", "PYTHONPATH"))}
+    env["PYTHONPATH"] = str(site)
+    return InstalledWheel(site, env)

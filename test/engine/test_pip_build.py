@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
 
 ENGINE_CHECK = """
 import sys
@@ -20,24 +16,10 @@ print("engine ok")
 """
 
 
-@pytest.mark.slow  # builds and installs a wheel: about 20 s
-def test_wheel_installs_the_engine_and_its_commands_without_ros(tmp_path):
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         str(REPO), "-w", str(wheels)],
-        check=True, cwd=tmp_path,
-    )
-    (wheel,) = wheels.glob("svlm_ros-*.whl")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-         str(target), str(wheel)],
-        check=True, cwd=tmp_path,
-    )
+@pytest.mark.slow  # the wheel is built and installed once per session: about 20 s
+def test_wheel_installs_the_engine_and_its_commands_without_ros(tmp_path, installed_wheel):
     # No ROS environment at all: only the installed wheel (and the venv's torch etc.).
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("AMENT", "COLCON", "ROS", "CMAKE", "PYTHONPATH"))}
-    env["PYTHONPATH"] = str(target)
+    target, env = installed_wheel.site, installed_wheel.env
     check = subprocess.run([sys.executable, "-c", ENGINE_CHECK, str(target)], env=env,
                            cwd=tmp_path, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr

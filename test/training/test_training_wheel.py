@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from bag_factory import BagSpec, write_bag
-
-REPO = Path(__file__).resolve().parents[2]
 
 CHECK = """
 import sys
@@ -23,24 +19,10 @@ print("training ok", found)
 """
 
 
-@pytest.mark.slow  # builds and installs a wheel: about 20 s
-def test_wheel_ships_the_training_package_and_the_narration_type(tmp_path):
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         str(REPO), "-w", str(wheels)],
-        check=True, cwd=tmp_path,
-    )
-    (wheel,) = wheels.glob("svlm_ros-*.whl")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-         str(target), str(wheel)],
-        check=True, cwd=tmp_path,
-    )
+@pytest.mark.slow  # the wheel is built and installed once per session: about 20 s
+def test_wheel_ships_the_training_package_and_the_narration_type(tmp_path, installed_wheel):
     # No ROS environment and no checkout on the path: only the wheel (and the venv's packages).
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("AMENT", "COLCON", "ROS", "CMAKE", "PYTHONPATH"))}
-    env["PYTHONPATH"] = str(target)
+    target, env = installed_wheel.site, installed_wheel.env
     check = subprocess.run([sys.executable, "-c", CHECK, str(target)], env=env, cwd=tmp_path,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
