@@ -8,7 +8,13 @@ Woken when a frame was sampled, and at least every ``WORKER_WAKE_SECONDS``, it
 * restarts the streams when stream parameters changed (requested by the parameter callback,
   which must not wait for the model itself: parameter and lifecycle services stay free);
 * runs a round on each camera's newest completed second and skips older ones, so it never
-  falls behind by more than a round.
+  falls behind by more than a round. With ``batch_cameras`` the rounds of every camera with a
+  completed second run together (``CameraGroup.run_rounds``: one batched decode). Cameras'
+  seconds rarely complete at the same instant, so a completed second waits up to
+  ``batch_gather_seconds`` for the other live cameras' seconds; without that wait a round of
+  one camera would start as soon as its second closed, and the others would follow alone. If a
+  batched round fails, each of its cameras runs alone, so one camera's bad round does not cost
+  the others their second.
 
 Every round takes the model lock (first come, first served), so an ask waits at most for the
 round in progress. A failed round is rolled back by the engine, logged and counted; the worker
@@ -25,6 +31,7 @@ from typing import Any
 from rclpy.lifecycle import LifecycleNode
 from std_msgs.msg import String
 
+from svlm_ros.engine.frame_sampler import SecondOfFrames
 from svlm_ros.engine.streaming_session import RoundResult
 from svlm_ros.msg import Narration
 from svlm_ros.node.stamps import seconds_to_stamp
@@ -69,6 +76,8 @@ class NarrationWorker:
         self._thread: threading.Thread | None = None
         self._rebuild_lock = threading.Lock()
         self._rebuild_reason = ""
+        # When the first completed second of the next batch was seen (monotonic), or None.
+        self._gather_started: float | None = None
 
     def start(self) -> None:
         """Start the thread (it idles until the node is active)."""
@@ -109,26 +118,42 @@ class NarrationWorker:
         has a completed second."""
         streams = self._streams
         while not stop.is_set():
-            self._wake.wait(timeout=WORKER_WAKE_SECONDS)
+            self._wake.wait(timeout=self._wait_timeout())
             self._wake.clear()
             try:
                 self._rebuild_if_requested()
             except Exception as error:  # noqa: BLE001 - the worker must survive
                 self._node.get_logger().error(f"narration worker: stream rebuild: {error!r}")
             while streams.active and not stop.is_set():
-                ran = False
-                for camera in streams.cameras:
-                    if stop.is_set() or not streams.active:
-                        break
-                    try:
-                        self._close_due_periods(camera)
-                        ran = self._run_round(camera) or ran
-                    except Exception as error:  # noqa: BLE001 - the worker must survive
-                        if not self._node.context.ok():
-                            return  # SIGINT/SIGTERM shut ROS down under a round: just stop
-                        self._node.get_logger().error(f"narration worker: {error!r}")
+                try:
+                    if streams.group is not None:
+                        for camera in streams.cameras:
+                            self._close_due_periods(camera)
+                        ran = self._batch_is_gathered() and self._run_batched_rounds()
+                    else:
+                        ran = self._run_rounds_one_by_one(stop)
+                except Exception as error:  # noqa: BLE001 - the worker must survive
+                    if not self._node.context.ok():
+                        return  # SIGINT/SIGTERM shut ROS down under a round: just stop
+                    self._node.get_logger().error(f"narration worker: {error!r}")
+                    ran = False
                 if not ran:
                     break
+
+    def _run_rounds_one_by_one(self, stop: threading.Event) -> bool:
+        """Each camera in turn: close its due periods, run its round. True if any round ran."""
+        ran = False
+        for camera in self._streams.cameras:
+            if stop.is_set() or not self._streams.active:
+                break
+            try:
+                self._close_due_periods(camera)
+                ran = self._run_round(camera) or ran
+            except Exception as error:  # noqa: BLE001 - one camera must not stop the others
+                if not self._node.context.ok():
+                    raise
+                self._node.get_logger().error(f"narration worker: {error!r}")
+        return ran
 
     def _rebuild_if_requested(self) -> None:
         reason = self._take_rebuild_request()
@@ -162,19 +187,90 @@ class NarrationWorker:
             try:
                 result, skipped = session.run_pending(latest_only=True)
             except Exception as error:  # noqa: BLE001 - one bad round must not end narration
-                # The engine rolls a failed round back, so the stream stays usable; that
-                # second is lost and counted.
-                reason = f"{type(error).__name__}: {error}"
-                self._node.get_logger().error(
-                    f"camera {camera.spec.name}: round failed, second skipped: {reason}"
-                )
-                camera.stats.record_round_error(reason)
+                self._round_failed(camera, error)
                 return False
         camera.stats.record_skipped(skipped)
         if result is None:
             return False
         self._publish(camera, result, time.perf_counter() - started)
         return True
+
+    def _wait_timeout(self) -> float:
+        """Seconds to sleep until the next look: shorter while a batch is being gathered."""
+        if self._gather_started is None:
+            return WORKER_WAKE_SECONDS
+        left = self._gather_started + self._values["batch_gather_seconds"] - time.monotonic()
+        return min(WORKER_WAKE_SECONDS, max(0.001, left))
+
+    def _batch_is_gathered(self) -> bool:
+        """Whether the batched round should run now: some camera has a completed second and
+        every other live camera has one too, or ``batch_gather_seconds`` passed since the
+        first was seen."""
+        cameras = [camera for camera in self._streams.cameras if camera.session is not None]
+        waiting = [camera for camera in cameras if not camera.session.sampler.pending]
+        if len(waiting) == len(cameras):
+            self._gather_started = None
+            return False
+        now = time.monotonic()
+        if self._gather_started is None:
+            self._gather_started = now
+        node_now = self._node.get_clock().now().nanoseconds * 1e-9
+        live_waiting = [camera for camera in waiting
+                        if camera.is_live(node_now, camera.session.config.period)]
+        if live_waiting and now - self._gather_started < self._values["batch_gather_seconds"]:
+            return False
+        self._gather_started = None
+        return True
+
+    def _run_batched_rounds(self) -> bool:
+        """The rounds of every camera with a completed second, decoded as one batch."""
+        streams = self._streams
+        with streams.model_lock:
+            started = time.perf_counter()
+            group = streams.group
+            if group is None:
+                return False
+            due: list[tuple[CameraStream, SecondOfFrames]] = []
+            for camera in streams.cameras:
+                second, skipped = camera.session.sampler.pop_ready(latest_only=True)
+                camera.stats.record_skipped(skipped)
+                if second is not None:
+                    due.append((camera, second))
+            if not due:
+                return False
+            seconds = {id(camera): second for camera, second in due}
+            try:
+                results = group.run_rounds([seconds.get(id(camera))
+                                            for camera in streams.cameras])
+                outcome = [(camera, results[index])
+                           for index, camera in enumerate(streams.cameras)
+                           if results[index] is not None]
+            except Exception as error:  # noqa: BLE001 - retried camera by camera below
+                # run_rounds rolled every opened round back: run each alone, so that only
+                # the camera whose round is bad loses its second.
+                self._node.get_logger().warning(
+                    f"batched round of {len(due)} cameras failed ({type(error).__name__}: "
+                    f"{error}); running them one by one"
+                )
+                outcome = []
+                for camera, second in due:
+                    try:
+                        outcome.append((camera, camera.session.run_round(second)))
+                    except Exception as alone:  # noqa: BLE001 - as in _run_round
+                        self._round_failed(camera, alone)
+        step = time.perf_counter() - started
+        for camera, result in outcome:
+            self._publish(camera, result, step)
+        return bool(outcome)
+
+    def _round_failed(self, camera: CameraStream, error: Exception) -> None:
+        # The engine rolls a failed round back, so the stream stays usable; that second is
+        # lost and counted.
+        reason = f"{type(error).__name__}: {error}"
+        self._node.get_logger().error(
+            f"camera {camera.spec.name}: round failed, second skipped: {reason}"
+        )
+        camera.stats.record_round_error(reason)
 
     def _publish(self, camera: CameraStream, result: RoundResult, step: float) -> None:
         latency = self._node.get_clock().now().nanoseconds * 1e-9 - result.end_stamp

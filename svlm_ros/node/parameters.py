@@ -26,11 +26,13 @@ from svlm_ros.engine.cache_policy import CachePolicyConfig
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.model_loading import ATTENTION_CHOICES, DTYPE_CHOICES
 from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
+from svlm_ros.engine.static_decode import DECODE_PATHS
 from svlm_ros.engine.streaming_session import StreamConfig
 from svlm_ros.engine.vision_input import PATCH_FACTOR
 
 TRANSPORT_CHOICES = ("raw", "compressed")
 RELIABILITY_CHOICES = ("best_effort", "reliable")
+BATCH_CAMERAS_CHOICES = ("auto", "on", "off")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Temporal patch size of Qwen2.5-VL's vision encoder; the node re-checks against the loaded
 # checkpoint's own value when it configures.
@@ -156,6 +158,20 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
           "8 or more cores). More threads than free cores make OpenMP threads wait for each "
           "other (10x slower rounds on a shared 2-core machine).", read_only=True,
           minimum=0, maximum=256),
+    _spec("decode_path", "auto", "How narration tokens are decoded: auto (graphed on CUDA, "
+          "eager on the CPU), eager (the model's forward over the live cache), static (one "
+          "fixed-shape step over the preallocated cache, token choice on the device), graphed "
+          "(that step as a CUDA graph; CUDA only) or compiled (torch.compile).", read_only=True,
+          choices=DECODE_PATHS),
+    _spec("batch_cameras", "auto", "Decode the cameras whose seconds are due together as one "
+          "batch (on a GPU four cameras cost about twice one): auto (on with 2 or more cameras "
+          "on CUDA with sdpa or eager attention), on, or off (one camera after another). "
+          "Batched rounds use the fixed-shape step whatever decode_path says.", read_only=True,
+          choices=BATCH_CAMERAS_CHOICES),
+    _spec("batch_gather_seconds", 0.1, "With batched cameras: how long a completed second "
+          "may wait for the seconds of the other live cameras (a frame in the last period), so "
+          "that they decode in one batch instead of one after another.", read_only=True,
+          minimum=0.0, maximum=1.0),
     _spec("autostart", True, "Configure and activate at start-up (no lifecycle manager needed).",
           read_only=True),
     # --- cameras (subscriptions are made once) --------------------------------------------------
@@ -356,6 +372,20 @@ def model_device(value: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def batch_cameras(value: str, device_type: str, cameras: int, attn_implementation: str) -> bool:
+    """Whether the node decodes its cameras as one batch (``batch_cameras``'s ``auto`` resolved).
+
+    ``auto`` batches where it pays and works: several cameras, a GPU (on the CPU a batched step
+    costs about as much as the steps one by one) and an attention kernel that takes the
+    fixed-shape step's mask (not flash_attention_2).
+    """
+    if value == "on":
+        return True
+    if value == "off":
+        return False
+    return cameras > 1 and device_type == "cuda" and attn_implementation in ("sdpa", "eager")
+
+
 def automatic_torch_threads(cores: int, device_type: str) -> int:
     """Torch threads for ``torch_threads: 0``.
 
@@ -401,6 +431,7 @@ def stream_config(values: Mapping[str, Any]) -> StreamConfig:
         max_question_tokens=int(values["max_question_tokens"]),
         max_answer_tokens=int(values["max_answer_tokens"]),
         max_pending_seconds=int(values["max_pending_seconds"]),
+        decode_path=values["decode_path"],
     )
 
 
@@ -441,6 +472,9 @@ def problems(
         return found  # cross checks would only repeat these in other words
     if not DEVICE_PATTERN.match(values["device"]):
         found.append(f"device must be auto, cpu, cuda or cuda:N; got {values['device']!r}")
+    if values["decode_path"] == "graphed" and values["device"] == "cpu":
+        found.append("decode_path 'graphed' captures CUDA graphs and needs a CUDA device; use "
+                     "'static' or 'compiled' on the CPU")
     try:
         cameras = camera_specs(values)
     except ValueError as error:

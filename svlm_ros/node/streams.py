@@ -1,7 +1,8 @@
 """The narrator's cameras and the one model they share (plain Python + the engine, no rclpy).
 
 ``Streams`` is the state every part of the node works on: the loaded model, one
-``StreamingSession`` per camera (``CameraStream``), the first-come-first-served lock that
+``StreamingSession`` per camera (``CameraStream``; with ``batch_cameras`` the sessions of one
+``CameraGroup``, whose rounds decode as one batch), the first-come-first-served lock that
 serializes all model work (rounds, asks, stream rebuilds), and whether the node is active.
 The ROS parts (camera intake, narration worker, ask service, status) each get this object
 and touch nothing else of each other.
@@ -16,6 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from svlm_ros.engine.camera_group import CameraGroup
 from svlm_ros.engine.model_loading import LoadedModel, load_model
 from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
 from svlm_ros.node import parameters as narrator_params
@@ -53,6 +55,7 @@ class CameraStream:
         self._clock_lock = threading.Lock()
         self._clock_offsets: deque[float] = deque(maxlen=CLOCK_OFFSET_FRAMES)
         self._newest_stamp: float | None = None
+        self._newest_arrival: float | None = None
 
     def note_frame(self, stamp: float, arrival: float) -> None:
         """A frame stamped ``stamp`` entered the stream at ``arrival`` (node clock, s)."""
@@ -60,13 +63,20 @@ class CameraStream:
             if self._newest_stamp is not None and stamp < self._newest_stamp:
                 self._clock_offsets.clear()  # the camera clock went back: a new timeline
             self._newest_stamp = stamp
+            self._newest_arrival = arrival
             self._clock_offsets.append(arrival - stamp)
+
+    def is_live(self, node_now: float, within: float) -> bool:
+        """Whether a frame entered the stream in the last ``within`` seconds (node clock)."""
+        with self._clock_lock:
+            return self._newest_arrival is not None and node_now - self._newest_arrival <= within
 
     def forget_frames(self) -> None:
         """Forget the clock mapping (a new stream)."""
         with self._clock_lock:
             self._clock_offsets.clear()
             self._newest_stamp = None
+            self._newest_arrival = None
 
     def camera_time(self, node_now: float) -> float | None:
         """The camera clock now, from the node clock; None before enough frames came.
@@ -119,6 +129,9 @@ class Streams:
         # The stream parameter values that config was made from (to restore them).
         self.config_values: dict[str, Any] = {}
         self.torch_threads = 0
+        # The cameras' sessions as one batch-decoding group (None: cameras run one by one).
+        self.group: CameraGroup | None = None
+        self.batched = False
 
     def camera(self, name: str) -> CameraStream | None:
         """The camera called ``name``, or None."""
@@ -150,7 +163,11 @@ class Streams:
             attn_implementation=values["attn_implementation"],
         )
         config = narrator_params.stream_config(values)
-        sessions = [StreamingSession(loaded, config) for _ in self.cameras]
+        self.batched = narrator_params.batch_cameras(
+            values["batch_cameras"], loaded.device.type, len(self.cameras),
+            loaded.attn_implementation,
+        )
+        sessions = self._new_sessions(loaded, config)
         self.loaded = loaded
         self.config = config
         self.config_values = self._stream_values()
@@ -160,7 +177,17 @@ class Streams:
         self.logger.info(
             f"model {loaded.name} on {loaded.device} ({loaded.dtype}, "
             f"{loaded.attn_implementation}); cache bound {sessions[0].bound} tokens per camera"
+            + (f"; the {len(self.cameras)} cameras decode as one batch" if self.batched else "")
         )
+
+    def _new_sessions(self, loaded: LoadedModel, config: StreamConfig
+                      ) -> list[StreamingSession]:
+        """One fresh session per camera: a ``CameraGroup``'s when batched (sets ``group``)."""
+        if self.batched:
+            self.group = CameraGroup(loaded, config, cameras=len(self.cameras))
+            return self.group.sessions
+        self.group = None
+        return [StreamingSession(loaded, config) for _ in self.cameras]
 
     def interrupt(self) -> None:
         """Make a round or answer in progress stop at its next token (from any thread)."""
@@ -181,9 +208,11 @@ class Streams:
         old = [camera.session for camera in self.cameras]
         for camera in self.cameras:
             camera.session = None  # the old caches go before the new ones are allocated
+        self.group = None
         gc.collect()
-        for camera, session in zip(self.cameras, old, strict=True):
-            camera.session = StreamingSession(self.loaded, config)
+        sessions = self._new_sessions(self.loaded, config)
+        for camera, session, new in zip(self.cameras, old, sessions, strict=True):
+            camera.session = new
             camera.checked_size = None
             camera.forget_frames()
             if session is not None:
@@ -231,6 +260,7 @@ class Streams:
                     )
                 camera.session = None
                 camera.forget_frames()
+            self.group = None
             self.loaded = None
             self.config = None
         gc.collect()

@@ -13,6 +13,7 @@ from svlm_ros.node import parameters as narrator_params
 from svlm_ros.node.parameters import (
     PARAMETERS,
     SPECS,
+    batch_cameras,
     camera_specs,
     defaults,
     derive_camera_name,
@@ -195,3 +196,25 @@ def test_automatic_torch_threads_leave_the_ros_threads_room():
             ] == [1, 1, 1, 2, 14]  # fmt: skip
     assert [narrator_params.automatic_torch_threads(cores, "cuda") for cores in (2, 7, 8, 64)
             ] == [1, 1, 2, 2]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "device", "cameras", "attention", "expected"),
+    [
+        ("auto", "cuda", 2, "sdpa", True),
+        ("auto", "cuda", 1, "sdpa", False),  # nothing to batch
+        ("auto", "cpu", 4, "sdpa", False),  # a batched step costs about the steps one by one
+        ("auto", "cuda", 4, "flash_attention_2", False),  # cannot take the capacity mask
+        ("on", "cpu", 1, "sdpa", True),
+        ("off", "cuda", 4, "sdpa", False),
+    ],
+)
+def test_batch_cameras_auto_batches_several_cameras_on_a_gpu(value, device, cameras, attention,
+                                                             expected):
+    assert batch_cameras(value, device, cameras, attention) is expected
+
+
+def test_decode_path_reaches_the_stream_config():
+    assert stream_config(with_values(decode_path="static")).decode_path == "static"
+    assert "decode_path" in problems(with_values(decode_path="fast"))[0]
+    assert "CUDA" in problems(with_values(decode_path="graphed", device="cpu"))[0]
