@@ -373,8 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in --parts, decode the cameras due together as one batch "
                         "(CameraGroup) instead of one after another")
     parser.add_argument("--decode-path", default="auto",
-                        help="auto, eager, static or compiled (default auto: compiled on "
-                        "CUDA, eager on the CPU)")
+                        help="auto, eager, static, graphed or compiled (default auto: graphed "
+                        "on CUDA, eager on the CPU)")
+    parser.add_argument("--compile-vision", action="store_true",
+                        help="run the vision encoder through torch.compile (StreamConfig."
+                        "compile_vision); compare its 'vision' part with a run without")
     return parser
 
 
@@ -422,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                 cache=CachePolicyConfig(vision_window_seconds=args.vision_window_seconds),
                 sampling=SamplingConfig(seed=args.seed),
                 decode_path=args.decode_path,
+                compile_vision=args.compile_vision,
             )
         except ValueError as error:
             print(f"svlm-bench: {error}", file=sys.stderr)

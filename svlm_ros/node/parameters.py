@@ -163,6 +163,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
           "fixed-shape step over the preallocated cache, token choice on the device), graphed "
           "(that step as a CUDA graph; CUDA only) or compiled (torch.compile).", read_only=True,
           choices=DECODE_PATHS),
+    _spec("compile_vision", False, "Run the vision encoder through torch.compile (one compile "
+          "per frame size, at the first round). Off by default: on an H100 the compiled 7B "
+          "encoder measured slower than the eager one; measure yours with svlm-bench "
+          "--compile-vision.", read_only=True),
     _spec("batch_cameras", "auto", "Decode the cameras whose seconds are due together as one "
           "batch (on a GPU four cameras cost about twice one): auto (on with 2 or more cameras "
           "on CUDA with sdpa or eager attention), on, or off (one camera after another). "
@@ -432,6 +436,7 @@ def stream_config(values: Mapping[str, Any]) -> StreamConfig:
         max_answer_tokens=int(values["max_answer_tokens"]),
         max_pending_seconds=int(values["max_pending_seconds"]),
         decode_path=values["decode_path"],
+        compile_vision=bool(values["compile_vision"]),
     )
 
 

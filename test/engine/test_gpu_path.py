@@ -84,6 +84,24 @@ def test_compiled_decode_equals_eager(two_layer):
         assert (a - b).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow  # about 25 s of inductor compile on a 2-core machine
+def test_compiled_vision_encoder_equals_eager(two_layer):
+    """``compile_vision``: the vision tower through torch.compile narrates as the eager one."""
+    def narrate(compile_vision: bool):
+        session = StreamingSession(two_layer, small_config(window=2, compile_vision=compile_vision),
+                                   record_logits=True)
+        texts = [r.text for r in stream(session, SyntheticCamera(seed=5), 3.0)]
+        return session, texts, session.last_round_logits
+
+    eager, eager_texts, eager_logits = narrate(False)
+    compiled, texts, logits = narrate(True)
+    assert compiled._visual is not compiled.model.model.visual  # the compiled wrapper ran
+    assert eager._visual is eager.model.model.visual
+    assert texts == eager_texts
+    for a, b in zip(logits, eager_logits, strict=True):
+        assert (a - b).abs().max().item() < 1e-4
+
+
 class ReplayOnCpu:
     """Stands in for ``torch.cuda.CUDAGraph`` on the CPU: capture runs the step once and keeps
     its outputs; replay reruns it into those same output tensors. Like a real graph it sees only

@@ -214,7 +214,8 @@ def test_batch_cameras_auto_batches_several_cameras_on_a_gpu(value, device, came
     assert batch_cameras(value, device, cameras, attention) is expected
 
 
-def test_decode_path_reaches_the_stream_config():
+def test_decode_path_and_compile_vision_reach_the_stream_config():
     assert stream_config(with_values(decode_path="static")).decode_path == "static"
+    assert stream_config(with_values(compile_vision=True)).compile_vision is True
     assert "decode_path" in problems(with_values(decode_path="fast"))[0]
     assert "CUDA" in problems(with_values(decode_path="graphed", device="cpu"))[0]
