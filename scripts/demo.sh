@@ -12,7 +12,7 @@
 #   svlm-demo-monitor prints narration | truth, asks one question through /svlm/ask, records
 #                     the run as an mcap bag and writes narration.gif (and .mp4) into --out.
 # It stops after --seconds of narration or at Ctrl-C, and stops the nodes cleanly.
-# If config/sim_narrator is missing, it is trained first (svlm-make-sim-narrator, ~15 min).
+# If config/sim_narrator is missing, it is trained first (svlm-make-sim-narrator, ~30 min).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,0 +1,35 @@
+"""``svlm-make-sim-narrator`` end to end at toy size: bags, dataset, training, recipe, stages."""
+
+from __future__ import annotations
+
+import json
+
+from svlm_training import sim_narrator
+
+from svlm_ros.engine.model_loading import load_model
+
+TOY = ["--bags", "2", "--bag-seconds", "10", "--steps", "2"]
+
+
+def test_a_toy_narrator_is_made_and_a_second_stage_continues_it(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert sim_narrator.main([str(first), *TOY]) == 0
+    recipe = json.loads((first / "svlm_recipe.json").read_text())
+    assert recipe["command"].startswith("svlm-make-sim-narrator OUT --bags 2 --bag-seconds 10")
+    assert recipe["earlier_stages"] == []
+    assert recipe["narrator_settings"] == sim_narrator.NARRATOR_SETTINGS
+    load_model(str(first), device="cpu")  # a loadable checkpoint
+
+    second = tmp_path / "second"
+    assert sim_narrator.main([str(second), *TOY, "--seed", "1", "--init-from", str(first)]) == 0
+    staged = json.loads((second / "svlm_recipe.json").read_text())
+    assert staged["command"].endswith("--seed 1 --init-from EARLIER")
+    assert [stage["command"] for stage in staged["earlier_stages"]] == [recipe["command"]]
+    assert "initial model: " in capsys.readouterr().out
+
+
+def test_init_from_a_folder_that_is_no_sim_narrator_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sim_narrator.main([str(out), *TOY, "--init-from", str(tmp_path)]) == 1
+    assert "is not a sim narrator" in capsys.readouterr().err
+    assert not out.exists()
