@@ -16,11 +16,22 @@ def _pyplot():
 
 
 def plot_loss(records: Sequence[dict], path: str | Path) -> Path:
-    """Training loss (and learning rate) over optimizer steps."""
+    """Training loss (per step, and its running mean over a fiftieth of the run) and the
+    learning rate over optimizer steps."""
     plt = _pyplot()
     steps = [r["step"] for r in records]
+    losses = [r["loss"] for r in records]
     fig, loss_axis = plt.subplots(figsize=(7, 4))
-    loss_axis.plot(steps, [r["loss"] for r in records], color="tab:blue", label="loss")
+    loss_axis.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.6,
+                   label="loss per step")
+    # One chunk per step makes the raw loss noisy; the running mean shows the trend.
+    window = max(1, len(losses) // 50)
+    running, total = [], 0.0
+    for index, loss in enumerate(losses):
+        total += loss - (losses[index - window] if index >= window else 0.0)
+        running.append(total / min(index + 1, window))
+    loss_axis.plot(steps, running, color="tab:blue", label=f"running mean ({window} steps)")
+    loss_axis.legend(loc="upper right")
     loss_axis.set_xlabel("optimizer step")
     loss_axis.set_ylabel("loss (mean per trained token)", color="tab:blue")
     lr_axis = loss_axis.twinx()
