@@ -138,7 +138,8 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
 
 
 def write_results(out: Path, results: list[dict], reference: dict) -> None:
-    header = ("| setting | seconds | accuracy % | first 10 min | last 10 min | events right | "
+    header = ("| setting | seconds | accuracy % | first 10 min (always silent) | last 10 min "
+              "(always silent) | events right | "
               "events spoken | colour right | quiet right | memory questions | step ms | "
               "cache tokens max |")
     lines = [header, "|" + "---|" * 12]
@@ -146,8 +147,8 @@ def write_results(out: Path, results: list[dict], reference: dict) -> None:
         stopped = " (stopped by budget)" if r["stopped_early"] else ""
         lines.append(
             f"| {r['setting']}: {r['description']} | {r['seconds']}{stopped} | "
-            f"{100 * r['accuracy']:.1f} | {100 * r['first_slice']:.1f} | "
-            f"{100 * r['last_slice']:.1f} | {100 * r['event_accuracy']:.1f} | "
+            f"{100 * r['accuracy']:.1f} | {_slice_text(r, 0)} | {_slice_text(r, -1)} | "
+            f"{100 * r['event_accuracy']:.1f} | "
             f"{100 * r['events_spoken']:.1f} | {100 * r['colour_right']:.1f} | "
             f"{100 * r['quiet_accuracy']:.1f} | {r['questions_right']}/{r['questions_asked']} | "
             f"{r['step_ms_median']:.0f} | {r['cache_tokens_max']} |")
@@ -157,6 +158,15 @@ def write_results(out: Path, results: list[dict], reference: dict) -> None:
     (out / "results.json").write_text(json.dumps({"results": results, **reference},
                                                  indent=2) + "\n")
     plot(out / "ablations.png", results, reference)
+
+
+def _slice_text(result: dict, index: int) -> str:
+    """A slice's accuracy with the always-silent share of the same seconds: slices differ in
+    how many quiet seconds they hold, and that moves a narrator's accuracy with them."""
+    if not result["slices"]:
+        return "-"
+    chosen = result["slices"][index]
+    return f"{100 * chosen['accuracy']:.1f} ({100 * chosen['always_silent']:.1f})"
 
 
 def plot(path: Path, results: list[dict], reference: dict) -> None:
@@ -170,8 +180,16 @@ def plot(path: Path, results: list[dict], reference: dict) -> None:
         minutes = [(s["start"] + s["end"]) / 120 for s in r["slices"]]
         accuracy = [100 * s["accuracy"] for s in r["slices"]]
         axis.plot(minutes, accuracy, marker="o", label=f"{r['setting']}", linewidth=1.5)
-    axis.axhline(100 * reference["always_silent"], color="grey", linestyle="--",
-                 label="always silent")
+    # Always silent per slice (of the longest run): the share of quiet seconds in each slice.
+    longest = max(results, key=lambda r: len(r["slices"]), default=None)
+    if longest is not None and longest["slices"]:
+        edges = [s["start"] / 60 for s in longest["slices"]] + [longest["slices"][-1]["end"] / 60]
+        silent = [100 * s["always_silent"] for s in longest["slices"]]
+        axis.stairs(silent, edges, baseline=None, color="grey", linestyle="--",
+                    label="always silent (per slice)")
+    else:
+        axis.axhline(100 * reference["always_silent"], color="grey", linestyle="--",
+                     label="always silent")
     axis.axhline(100 * reference["chance"], color="black", linestyle=":", label="chance")
     axis.set_xlabel("stream time (minutes, 10-minute slices)")
     axis.set_ylabel("per-second accuracy (%)")
