@@ -32,7 +32,7 @@ from rclpy.lifecycle import LifecycleNode
 from std_msgs.msg import String
 
 from svlm_ros.engine.frame_sampler import SecondOfFrames
-from svlm_ros.engine.streaming_session import RoundResult
+from svlm_ros.engine.streaming_session import GenerationInterrupted, RoundResult
 from svlm_ros.msg import Narration
 from svlm_ros.node.stamps import seconds_to_stamp
 from svlm_ros.node.streams import CameraStream, StreamRebuildFailed, Streams
@@ -245,6 +245,10 @@ class NarrationWorker:
                 outcome = [(camera, results[index])
                            for index, camera in enumerate(streams.cameras)
                            if results[index] is not None]
+            except GenerationInterrupted as error:  # stopping: no camera runs again
+                outcome = []
+                for camera, _ in due:
+                    self._round_failed(camera, error)
             except Exception as error:  # noqa: BLE001 - retried camera by camera below
                 # run_rounds rolled every opened round back: run each alone, so that only
                 # the camera whose round is bad loses its second.
