@@ -452,3 +452,19 @@ def test_cameras_are_not_batched_on_the_cpu_by_default(running):
     narrator = running(**TWO_CAMERAS)
     narrator.start()
     assert narrator.node._streams.group is None
+
+
+def test_an_interrupted_batch_is_not_rerun_camera_by_camera(running, monkeypatch):
+    narrator = running(batch_cameras="on", batch_gather_seconds=GATHER, **TWO_CAMERAS)
+    narrator.start()
+    streams = narrator.node._streams
+    alone = []
+    for camera in streams.cameras:
+        monkeypatch.setattr(camera.session, "run_round",
+                            lambda *args, name=camera.spec.name, **kwargs: alone.append(name))
+    streams.interrupt()  # as stopping does: every round fails at once until resume()
+    narrator.feed()
+    narrator.wait_for(lambda: min(c.stats.round_errors for c in streams.cameras) >= 2, 30.0,
+                      "interrupted rounds on both cameras")
+    assert alone == []
+    assert all("GenerationInterrupted" in c.stats.last_round_error for c in streams.cameras)
