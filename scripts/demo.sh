@@ -12,7 +12,7 @@
 #   svlm-demo-monitor prints narration | truth, asks one question through /svlm/ask, records
 #                     the run as an mcap bag and writes narration.gif (and .mp4) into --out.
 # It stops after --seconds of narration or at Ctrl-C, and stops the nodes cleanly.
-# If config/sim_narrator is missing, it is trained first (svlm-make-sim-narrator, ~30 min).
+# If config/sim_narrator is missing, it is trained first (scripts/make_sim_narrator.sh, ~95 min).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,8 +44,8 @@ if ! command -v narrator >/dev/null 2>&1; then
 fi
 
 if [ ! -f "$model/config.json" ]; then
-    echo "[demo] no trained narrator in $model: training it now (one time)"
-    python -m svlm_training.sim_narrator "$model"
+    echo "[demo] no trained narrator in $model: training it now (one time, about 95 minutes)"
+    bash "$repo/scripts/make_sim_narrator.sh" "$model"
 fi
 
 mkdir -p "$out"

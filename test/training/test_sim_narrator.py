@@ -33,3 +33,14 @@ def test_init_from_a_folder_that_is_no_sim_narrator_is_refused(tmp_path, capsys)
     assert sim_narrator.main([str(out), *TOY, "--init-from", str(tmp_path)]) == 1
     assert "is not a sim narrator" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_recipe_script_refuses_a_missing_or_existing_out(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_sim_narrator.sh"
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    exists = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True)
+    assert exists.returncode == 1 and "exists" in exists.stderr

@@ -15,7 +15,9 @@ One command, the same steps a robot team takes with its own bags:
    much per step, and a tiny model on a CPU needs many steps (measured: at 2e-3 the vision
    tower never learned to tell colours apart; at 3e-4 on 8 s chunks it did within 1,600
    steps, but the loss stayed above 0.5 and the narrator named whole events almost never
-   until about step 5,000 of a 10,000-step run, when the loss fell from 0.5 to 0.2);
+   until about step 5,000 of a 10,000-step run, when the loss fell from 0.5 to 0.2; the
+   committed narrator took three such runs, each continuing the last (``--init-from``,
+   ``scripts/make_sim_narrator.sh``): colours, then shapes and kinds, then directions);
 5. the trained model is copied to ``OUT`` with ``svlm_recipe.json``: the settings the narrator
    must use (``config/sim_demo.yaml`` has them) and the command that made it.
 
