@@ -89,3 +89,21 @@ def full_forward_logits(session: StreamingSession, token_ids: torch.Tensor, bloc
             second_per_grid_ts=seconds, mm_token_type_ids=token_types, use_cache=False,
         )
     return out.logits[0].float(), positions[:, 0, :]
+
+
+def forced_stream_logits(loaded, decode_path: str) -> torch.Tensor:
+    """Every recorded logit row of a teacher-forced stream with evictions (same tokens for
+    every path, so paths that differ only in rounding can be compared row by row)."""
+    session = StreamingSession(loaded, small_config(window=2, decode_path=decode_path,
+                                                    max_new_tokens=6), record_logits=True)
+    words = torch.Generator().manual_seed(0)
+    rows = []
+    for image, stamp in SyntheticCamera(seed=1).frames(8.0):
+        session.add_frame(image, stamp)
+        second, _ = session.sampler.pop_ready()
+        if second is not None:
+            forced = torch.randint(20, 200, (6,), generator=words).tolist()
+            session.run_round(second, forced_ids=forced)
+            rows += session.last_round_logits
+    assert session.policy.evicted_rounds >= 4
+    return torch.stack(rows)

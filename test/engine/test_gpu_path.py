@@ -17,7 +17,13 @@ import pytest
 import test_engine_exactness as exactness
 import test_engine_reference as reference
 import torch
-from engine_helpers import SyntheticCamera, make_loaded, small_config, stream
+from engine_helpers import (
+    SyntheticCamera,
+    forced_stream_logits,
+    make_loaded,
+    small_config,
+    stream,
+)
 from test_engine_invariants import assert_same_snapshot, snapshot
 
 from svlm_ros.engine.attention import WINDOWED_SDPA, use_vision_attention
@@ -335,24 +341,6 @@ def test_cache_larger_than_free_memory_is_refused(two_layer, monkeypatch):
 
 
 # ----- bfloat16 ---------------------------------------------------------------------------------
-def _forced_stream_logits(loaded, decode_path: str) -> torch.Tensor:
-    """Every recorded logit row of a teacher-forced stream with evictions (same tokens for
-    every path, so paths that differ only in rounding can be compared row by row)."""
-    session = StreamingSession(loaded, small_config(window=2, decode_path=decode_path,
-                                                    max_new_tokens=6), record_logits=True)
-    words = torch.Generator().manual_seed(0)
-    rows = []
-    for image, stamp in SyntheticCamera(seed=1).frames(8.0):
-        session.add_frame(image, stamp)
-        second, _ = session.sampler.pop_ready()
-        if second is not None:
-            forced = torch.randint(20, 200, (6,), generator=words).tolist()
-            session.run_round(second, forced_ids=forced)
-            rows += session.last_round_logits
-    assert session.policy.evicted_rounds >= 4
-    return torch.stack(rows)
-
-
 @pytest.fixture(scope="module")
 def bf16_two_layer(two_layer):
     from svlm_ros.engine.model_loading import load_model
@@ -366,9 +354,9 @@ def test_bf16_fixed_shape_decode_within_eager_bf16_error(two_layer, bf16_two_lay
     """Stated tolerance in bfloat16: the fixed-shape step is as far from float32 as the eager
     bf16 path is (RMS within 10 %), and within 0.25 of the eager bf16 logits (scale ~6).
     Measured: static 0.04 max from eager, compiled 0.14 (inductor keeps fp32 between ops)."""
-    float32 = _forced_stream_logits(two_layer, "eager")
-    eager = _forced_stream_logits(bf16_two_layer, "eager")
-    fixed = _forced_stream_logits(bf16_two_layer, decode_path)
+    float32 = forced_stream_logits(two_layer, "eager")
+    eager = forced_stream_logits(bf16_two_layer, "eager")
+    fixed = forced_stream_logits(bf16_two_layer, decode_path)
     rms_eager = (eager - float32).pow(2).mean().sqrt().item()
     rms_fixed = (fixed - float32).pow(2).mean().sqrt().item()
     assert rms_fixed <= 1.1 * rms_eager, (rms_fixed, rms_eager)

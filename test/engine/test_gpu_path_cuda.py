@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_helpers import SyntheticCamera, small_config, stream
+from engine_helpers import SyntheticCamera, forced_stream_logits, small_config, stream
 
 from svlm_ros.engine.decoding import SamplingConfig, TokenChooser
 from svlm_ros.engine.device_sampling import DeviceTokenChooser
@@ -41,22 +41,6 @@ def cuda_bf16(checkpoint):
     return load_model(checkpoint, device="cuda", dtype="bfloat16", attn_implementation="sdpa")
 
 
-def _forced_logits(loaded, decode_path):
-    session = StreamingSession(loaded, small_config(window=2, decode_path=decode_path,
-                                                    max_new_tokens=6), record_logits=True)
-    words = torch.Generator().manual_seed(0)
-    rows = []
-    for image, stamp in SyntheticCamera(seed=1).frames(8.0):
-        session.add_frame(image, stamp)
-        second, _ = session.sampler.pop_ready()
-        if second is not None:
-            session.run_round(second,
-                              forced_ids=torch.randint(20, 200, (6,), generator=words).tolist())
-            rows += session.last_round_logits
-    assert session.policy.evicted_rounds >= 4
-    return session, torch.stack(rows)
-
-
 def test_auto_is_graphed_with_frames_on_the_gpu(cuda_fp32):
     session = StreamingSession(cuda_fp32, small_config())
     assert session.decode_path == "graphed"
@@ -66,16 +50,16 @@ def test_auto_is_graphed_with_frames_on_the_gpu(cuda_fp32):
 
 @pytest.mark.parametrize("decode_path", ["graphed", "compiled", "static"])
 def test_fixed_shape_decode_equals_eager_fp32(cuda_fp32, decode_path):
-    _, eager = _forced_logits(cuda_fp32, "eager")
-    _, fixed = _forced_logits(cuda_fp32, decode_path)
+    eager = forced_stream_logits(cuda_fp32, "eager")
+    fixed = forced_stream_logits(cuda_fp32, decode_path)
     assert (fixed - eager).abs().max().item() < 1e-3
 
 
 @pytest.mark.parametrize("decode_path", ["graphed", "compiled"])
 def test_fixed_shape_decode_within_eager_bf16_error(cuda_fp32, cuda_bf16, decode_path):
-    _, float32 = _forced_logits(cuda_fp32, "eager")
-    _, eager = _forced_logits(cuda_bf16, "eager")
-    _, fixed = _forced_logits(cuda_bf16, decode_path)
+    float32 = forced_stream_logits(cuda_fp32, "eager")
+    eager = forced_stream_logits(cuda_bf16, "eager")
+    fixed = forced_stream_logits(cuda_bf16, decode_path)
     rms_eager = (eager - float32).pow(2).mean().sqrt().item()
     rms_fixed = (fixed - float32).pow(2).mean().sqrt().item()
     assert rms_fixed <= 1.1 * rms_eager, (rms_fixed, rms_eager)
