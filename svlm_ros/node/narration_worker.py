@@ -230,21 +230,20 @@ class NarrationWorker:
             group = streams.group
             if group is None:
                 return False
-            due: list[tuple[CameraStream, SecondOfFrames]] = []
+            seconds: list[SecondOfFrames | None] = []
             for camera in streams.cameras:
                 second, skipped = camera.session.sampler.pop_ready(latest_only=True)
                 camera.stats.record_skipped(skipped)
-                if second is not None:
-                    due.append((camera, second))
+                seconds.append(second)
+            due = [(camera, second) for camera, second in zip(streams.cameras, seconds,
+                                                              strict=True) if second is not None]
             if not due:
                 return False
-            seconds = {id(camera): second for camera, second in due}
             try:
-                results = group.run_rounds([seconds.get(id(camera))
-                                            for camera in streams.cameras])
-                outcome = [(camera, results[index])
-                           for index, camera in enumerate(streams.cameras)
-                           if results[index] is not None]
+                results = group.run_rounds(seconds)
+                outcome = [(camera, result) for camera, result in zip(streams.cameras, results,
+                                                                      strict=True)
+                           if result is not None]
             except GenerationInterrupted as error:  # stopping: no camera runs again
                 outcome = []
                 for camera, _ in due:
