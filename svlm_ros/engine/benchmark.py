@@ -79,8 +79,10 @@ class FullAttentionSession(StreamingSession):
             text_window_tokens=config.cache.text_window_tokens,
             vision_window_seconds=MAX_STREAM_SECONDS,
         )
-        # Eager decode: the fixed-shape paths need the preallocated cache this baseline lacks.
-        super().__init__(loaded, dataclasses.replace(config, cache=cache, decode_path="eager"))
+        # Eager decode and prefill: the fixed-shape paths need the preallocated cache this
+        # baseline lacks.
+        super().__init__(loaded, dataclasses.replace(config, cache=cache, decode_path="eager",
+                                                     prefill_path="eager"))
 
     def _make_cache(self):
         return GrowingKVCache(self.model.config.get_text_config().num_hidden_layers)

@@ -61,29 +61,71 @@ def resolve_decode_path(decode_path: str, device: torch.device, attn_implementat
     return decode_path
 
 
-class _SlotWriteCache:
-    """What the decoder layers see during a fixed-shape step: write one slot, read everything.
+class SlotWriteCache:
+    """What the decoder layers see during a fixed-shape step: write given slots, read everything.
 
-    Duck-types the one ``Cache`` method the attention modules call (``update``).
+    Duck-types the one ``Cache`` method the attention modules call (``update``). ``slots`` is
+    ``(B, P)``: token ``p`` of batch row ``b`` goes to slot ``slots[b, p]`` of row ``b``'s cache.
     """
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor],
-                 pristine: list[torch.Tensor] | None, slot: torch.Tensor):
+                 pristine: list[torch.Tensor] | None, slots: torch.Tensor):
         self.keys = keys
         self.values = values
         self.pristine = pristine
-        self.slot = slot
+        self.slots = slots
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        # In place on the preallocated buffers (the graph's inputs keep their addresses); row b
-        # of the batch goes to slot[b] of its own cache.
-        rows = torch.arange(keys.shape[0], device=keys.device)
-        keys[rows, :, self.slot] = key_states[:, :, 0].to(keys.dtype)
-        values[rows, :, self.slot] = value_states[:, :, 0].to(values.dtype)
+        # In place on the preallocated buffers (the graph's inputs keep their addresses). The
+        # index pair (rows, slots) selects (B, P, kv_heads, head_dim): the states' token axis
+        # moved in front of the heads.
+        rows = torch.arange(keys.shape[0], device=keys.device)[:, None]
+        new_keys = key_states.transpose(1, 2).to(keys.dtype)
+        keys[rows, :, self.slots] = new_keys
+        values[rows, :, self.slots] = value_states.transpose(1, 2).to(values.dtype)
         if self.pristine is not None:  # the cache's unrotated-since-written copy
-            self.pristine[layer_idx][rows, :, self.slot] = key_states[:, :, 0].to(keys.dtype)
+            self.pristine[layer_idx][rows, :, self.slots] = new_keys
         return keys, values
+
+
+def fixed_shape_hidden(language_model, positions: torch.Tensor, slots: torch.Tensor,
+                       keys: list[torch.Tensor], values: list[torch.Tensor],
+                       pristine: list[torch.Tensor] | None, float_mask: bool, *,
+                       input_ids: torch.Tensor | None = None,
+                       inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """``P`` tokens per cache (a batch of ``B`` caches) through the language model, attending
+    over each cache's whole capacity: the shapes depend only on ``B``, ``P`` and the capacity.
+
+    Args:
+        language_model: ``model.model.language_model``.
+        positions: ``(3, B, P)`` long, the tokens' M-RoPE positions.
+        slots: ``(B, P)`` long, the cache slots they are written to; token ``p`` of row ``b``
+            sees that row's slots ``0..slots[b, p]`` (its cached past and itself).
+        keys, values: Per layer ``(B, kv_heads, capacity, head_dim)`` preallocated buffers.
+        pristine: The caches' pristine key buffers (half precision), or None.
+        float_mask: Give the attention an additive float mask (the ``eager`` kernel) instead of
+            a boolean one (SDPA).
+        input_ids, inputs_embeds: ``(B, P)`` ids or ``(B, P, hidden)`` embeddings (one of them).
+
+    Returns:
+        ``(B, P, hidden)`` final hidden states.
+    """
+    capacity = keys[0].shape[2]
+    visible = torch.arange(capacity, device=slots.device)[None, None, :] <= slots[:, :, None]
+    mask = visible[:, None]  # (B, 1, P, capacity): one mask for every head
+    if float_mask:
+        dtype = keys[0].dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=slots.device).masked_fill(
+            ~mask, torch.finfo(dtype).min)
+    return language_model(
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        position_ids=positions,
+        attention_mask={"full_attention": mask},
+        cache=SlotWriteCache(keys, values, pristine, slots),
+        use_cache=True,
+    ).last_hidden_state
 
 
 def decode_step(language_model, lm_head, token: torch.Tensor, position: torch.Tensor,
@@ -106,21 +148,10 @@ def decode_step(language_model, lm_head, token: torch.Tensor, position: torch.Te
     Returns:
         ``(B, vocab)`` logits of the next tokens.
     """
-    batch, capacity = keys[0].shape[0], keys[0].shape[2]
-    # Row b sees its slots 0..slot[b] inclusive.
-    visible = torch.arange(capacity, device=slot.device)[None, :] <= slot[:, None]
-    mask = visible[:, None, None, :]
-    if float_mask:
-        dtype = keys[0].dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=slot.device).masked_fill(
-            ~mask, torch.finfo(dtype).min)
-    hidden = language_model(
-        input_ids=token.view(batch, 1),
-        position_ids=position.view(1, batch, 1).expand(3, batch, 1),
-        attention_mask={"full_attention": mask},
-        cache=_SlotWriteCache(keys, values, pristine, slot),
-        use_cache=True,
-    ).last_hidden_state
+    batch = token.shape[0]
+    hidden = fixed_shape_hidden(
+        language_model, position.view(1, batch, 1).expand(3, batch, 1), slot.view(batch, 1),
+        keys, values, pristine, float_mask, input_ids=token.view(batch, 1))
     return lm_head(hidden[:, -1])
 
 

@@ -40,6 +40,7 @@ from svlm_ros.engine.static_decode import (
     StaticDecoder,
     resolve_decode_path,
 )
+from svlm_ros.engine.static_prefill import PREFILL_PATHS, StaticPrefiller, resolve_prefill_path
 from svlm_ros.engine.vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
 
 
@@ -80,6 +81,12 @@ class StreamConfig:
             size). Off by default: on an H100 the team measured the compiled 7B encoder slower
             than the eager one with one-call window attention (189 ms against 110 ms a round);
             ``svlm-bench --compile-vision`` measures it on your GPU.
+        prefill_path: How a round's prompt goes through the language model
+            (``static_prefill.py``): ``eager`` (the model's forward over the live cache),
+            ``static`` (the prompt padded to a bucket, one fixed-shape pass over the whole
+            preallocated cache) or ``compiled`` (that pass through ``torch.compile``: one
+            compile per bucket, no recompiling as the cache fills). Questions and turn closes
+            always run eagerly (a few tokens).
     """
 
     fps: float = 2.0
@@ -97,10 +104,14 @@ class StreamConfig:
     decode_path: str = "auto"
     preprocess_on_device: bool | None = None
     compile_vision: bool = False
+    prefill_path: str = "eager"
 
     def __post_init__(self):
         if self.decode_path not in DECODE_PATHS:
             raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {self.decode_path!r}")
+        if self.prefill_path not in PREFILL_PATHS:
+            raise ValueError(
+                f"prefill_path must be one of {PREFILL_PATHS}, got {self.prefill_path!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_question_tokens < 1 or self.max_answer_tokens < 1:
@@ -222,9 +233,12 @@ class StreamingSession:
         self._visual = self.model.model.visual
         if cfg.compile_vision:
             self._visual = torch.compile(self.model.model.visual, dynamic=False)
-        self.decode_path = resolve_decode_path(cfg.decode_path, self.device,
-                                               self.model.config.get_text_config()
-                                               ._attn_implementation)
+        attn_implementation = self.model.config.get_text_config()._attn_implementation
+        self.decode_path = resolve_decode_path(cfg.decode_path, self.device, attn_implementation)
+        self.prefill_path = resolve_prefill_path(cfg.prefill_path, attn_implementation)
+        self.prefiller = (
+            None if self.prefill_path == "eager"
+            else StaticPrefiller(self.model, self.cache, compiled=self.prefill_path == "compiled"))
         banned = self.format.never_generated_ids()
         # Answers are greedy: a question should get the same answer from the same memory.
         answer_sampling = SamplingConfig(temperature=0.0,
@@ -397,16 +411,19 @@ class StreamingSession:
         if video is not None:
             kwargs = {"inputs_embeds": self._embed_with_video(input_ids, video)}
         with sdpa_kernels(self.device):
-            output = self.model(
-                position_ids=positions[:, None, :].to(self.device),
-                cache=self.cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **kwargs,
-            )
+            if video is not None and self.prefiller is not None and self.prefiller.fits(len(ids)):
+                logits = self.prefiller.prefill(kwargs["inputs_embeds"], positions)
+            else:
+                logits = self.model(
+                    position_ids=positions[:, None, :].to(self.device),
+                    cache=self.cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **kwargs,
+                ).logits[0, -1]
         # Bookkeeping from the host-side list: no copy back from the device.
         self.policy.append(torch.tensor(ids, dtype=torch.long), positions)
-        return output.logits[0, -1]
+        return logits
 
     def _embed_with_video(self, input_ids: torch.Tensor, video: VideoBlock) -> torch.Tensor:
         """Token embeddings with the video features in the video pads' places.

@@ -91,11 +91,12 @@ def full_forward_logits(session: StreamingSession, token_ids: torch.Tensor, bloc
     return out.logits[0].float(), positions[:, 0, :]
 
 
-def forced_stream_logits(loaded, decode_path: str) -> torch.Tensor:
+def forced_stream_logits(loaded, decode_path: str, prefill_path: str = "eager") -> torch.Tensor:
     """Every recorded logit row of a teacher-forced stream with evictions (same tokens for
     every path, so paths that differ only in rounding can be compared row by row)."""
     session = StreamingSession(loaded, small_config(window=2, decode_path=decode_path,
-                                                    max_new_tokens=6), record_logits=True)
+                                                    prefill_path=prefill_path, max_new_tokens=6),
+                               record_logits=True)
     words = torch.Generator().manual_seed(0)
     rows = []
     for image, stamp in SyntheticCamera(seed=1).frames(8.0):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from engine_helpers import SyntheticCamera, make_loaded, small_config
@@ -94,6 +96,21 @@ def test_cameras_decoded_together_equal_cameras_alone(two_layer, graph):
     # The sessions' caches are views into one storage.
     storage = group.storage[0][0]
     assert group.sessions[2].cache.layers[0]._key_buffer.data_ptr() == storage[2:3].data_ptr()
+
+
+def test_group_with_fixed_shape_prefill_equals_cameras_alone(two_layer):
+    """Each camera's prefill padded in its own row of the shared storage: no row sees or
+    overwrites another's tokens."""
+    config = small_config(window=2, sampling=SAMPLED, decode_path="static")
+    _, alone_texts, alone_logits = _alone(two_layer, config)
+    group, texts, logits = _grouped(two_layer, dataclasses.replace(config, prefill_path="static"))
+    rounds = [sum(index in due for due in DUE) for index in range(3)]
+    assert [s.prefiller.prefills for s in group.sessions] == rounds
+    assert texts == alone_texts
+    for mine, theirs in zip(logits, alone_logits, strict=True):
+        for round_mine, round_theirs in zip(mine, theirs, strict=True):
+            for a, b in zip(round_mine, round_theirs, strict=True):
+                assert (a - b).abs().max().item() < 1e-4
 
 
 def test_interrupted_group_round_leaves_every_camera_as_before(two_layer):
