@@ -43,6 +43,7 @@ from svlm_ros.engine.cache_policy import CachePolicyConfig, EvictionPlan
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.model_loading import load_model
 from svlm_ros.engine.model_shapes import MODEL_SHAPES, build_shaped_model
+from svlm_ros.engine.static_prefill import PREFILL_PATHS
 from svlm_ros.engine.streaming_session import MAX_STREAM_SECONDS, StreamConfig, StreamingSession
 from svlm_ros.engine.vision_input import VideoBlock
 
@@ -309,13 +310,15 @@ def run_parts(loaded, config: StreamConfig, cameras: int, phase: str, args) -> d
                                      if second_ms else float("nan")),
         "latency_ms": _percentiles(latency_ms),
         "decode_path": "batched" if group is not None else sessions[0].decode_path,
+        "prefill_path": sessions[0].prefill_path,
     }
 
 
 def print_parts(report: dict) -> None:
     """The per-part table, one row per camera count and phase."""
     print(f"device {report['device']}, model {report['model']}, frames {report['frames']}, "
-          f"decode {report['decode_path']}, dtype {report['dtype']}")
+          f"decode {report['decode_path']}, prefill {report['prefill_path']}, "
+          f"dtype {report['dtype']}")
     columns = [f"{name} p50/p99" for name in PARTS]
     print(f"{'cams':>4} {'phase':<8} {'rounds':>6} " + " ".join(f"{c:>22}" for c in columns)
           + f" {'ms/video s p50/p99':>20} {'video s/s':>9} {'latency p50/p99':>18}")
@@ -377,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-path", default="auto",
                         help="auto, eager, static, graphed or compiled (default auto: graphed "
                         "on CUDA, eager on the CPU)")
+    parser.add_argument("--prefill-path", default="eager", choices=PREFILL_PATHS,
+                        help="eager, static or compiled (default eager); compare the 'prefill' "
+                        "part of a compiled run with an eager one")
     parser.add_argument("--compile-vision", action="store_true",
                         help="run the vision encoder through torch.compile (StreamConfig."
                         "compile_vision); compare its 'vision' part with a run without")
@@ -428,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 sampling=SamplingConfig(seed=args.seed),
                 decode_path=args.decode_path,
                 compile_vision=args.compile_vision,
+                prefill_path=args.prefill_path,
             )
         except ValueError as error:
             print(f"svlm-bench: {error}", file=sys.stderr)
@@ -450,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[parts] {count} camera(s), {phase}", file=sys.stderr, flush=True)
                     report["rows"].append(run_parts(loaded, config, count, phase, args))
             report["decode_path"] = report["rows"][0]["decode_path"]
+            report["prefill_path"] = report["rows"][0]["prefill_path"]
             print_parts(report)
             if args.json:
                 args.json.write_text(json.dumps(report, indent=2))

@@ -27,6 +27,7 @@ from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.model_loading import ATTENTION_CHOICES, DTYPE_CHOICES
 from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
 from svlm_ros.engine.static_decode import DECODE_PATHS
+from svlm_ros.engine.static_prefill import PREFILL_PATHS
 from svlm_ros.engine.streaming_session import StreamConfig
 from svlm_ros.engine.vision_input import PATCH_FACTOR
 
@@ -163,6 +164,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
           "fixed-shape step over the preallocated cache, token choice on the device), graphed "
           "(that step as a CUDA graph; CUDA only) or compiled (torch.compile).", read_only=True,
           choices=DECODE_PATHS),
+    _spec("prefill_path", "eager", "How a round's prompt goes through the language model: "
+          "eager (the model's forward over the live cache), static (the prompt padded to a "
+          "64-token bucket, one fixed-shape pass over the preallocated cache) or compiled (that "
+          "pass through torch.compile: one compile per bucket, at the first rounds). Eager by "
+          "default: whether compiling pays on a GPU is unmeasured; measure it with svlm-bench "
+          "--prefill-path compiled.", read_only=True, choices=PREFILL_PATHS),
     _spec("compile_vision", False, "Run the vision encoder through torch.compile (one compile "
           "per frame size, at the first round). Off by default: on an H100 the compiled 7B "
           "encoder measured slower than the eager one; measure yours with svlm-bench "
@@ -437,6 +444,7 @@ def stream_config(values: Mapping[str, Any]) -> StreamConfig:
         max_pending_seconds=int(values["max_pending_seconds"]),
         decode_path=values["decode_path"],
         compile_vision=bool(values["compile_vision"]),
+        prefill_path=values["prefill_path"],
     )
 
 
@@ -480,6 +488,12 @@ def problems(
     if values["decode_path"] == "graphed" and values["device"] == "cpu":
         found.append("decode_path 'graphed' captures CUDA graphs and needs a CUDA device; use "
                      "'static' or 'compiled' on the CPU")
+    if values["attn_implementation"] == "flash_attention_2":
+        for name, eager_only in (("decode_path", ("eager", "auto")), ("prefill_path", ("eager",))):
+            if values[name] not in eager_only:
+                found.append(f"{name} {values[name]!r} attends over the preallocated cache with a "
+                             "mask, which flash_attention_2 cannot take; use attn_implementation "
+                             f"sdpa or {name} eager")
     try:
         cameras = camera_specs(values)
     except ValueError as error:

@@ -85,3 +85,15 @@ def test_parts_report_with_batched_cameras(tmp_path, capsys):
     assert row["decode_path"] == "batched" and row["rounds_measured"] == 4
     assert math.isfinite(row["latency_ms"]["p99"])
     assert "2 hour2" in " ".join(capsys.readouterr().out.split())
+
+
+def test_parts_report_with_the_fixed_shape_prefill(tmp_path, capsys):
+    out = tmp_path / "prefill.json"
+    assert main(["--model-shape", "tiny", "--cameras", "1", "--prefill-path", "static",
+                 "--phases", "minute1", "--warmup-seconds", "2", "--measure-seconds", "2",
+                 "--frame-size", "160x120", "--max-new-tokens", "4", "--threads", "1",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["prefill_path"] == "static" and report["rows"][0]["rounds_measured"] == 2
+    assert report["rows"][0]["parts_ms"]["prefill"]["p50"] > 0
+    assert "prefill static" in capsys.readouterr().out

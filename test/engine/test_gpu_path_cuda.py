@@ -2,9 +2,9 @@
 
 Run on a GPU machine with ``pytest test/engine/test_gpu_path_cuda.py``. These are the CPU
 tests of ``test_gpu_path.py`` and ``test_camera_group.py`` with the parts that only exist on CUDA:
-real CUDA-graph capture and replay, ``torch.compile(mode="reduce-overhead")``, SDPA limited to
-flash/efficient/math, frames prepared on the GPU, free device memory, and no host sync inside
-a decode step or a token choice.
+real CUDA-graph capture and replay, ``torch.compile(mode="reduce-overhead")``, the padded
+prefill compiled on CUDA, SDPA limited to flash/efficient/math, frames prepared on the GPU, free
+device memory, and no host sync inside a decode step or a token choice.
 """
 
 from __future__ import annotations
@@ -64,6 +64,20 @@ def test_fixed_shape_decode_within_eager_bf16_error(cuda_fp32, cuda_bf16, decode
     rms_fixed = (fixed - float32).pow(2).mean().sqrt().item()
     assert rms_fixed <= 1.1 * rms_eager, (rms_fixed, rms_eager)
     assert (fixed - eager).abs().max().item() < 0.25
+
+
+@pytest.mark.parametrize("prefill_path", ["static", "compiled"])
+def test_fixed_shape_prefill_on_cuda_equals_eager(cuda_fp32, cuda_bf16, prefill_path):
+    """The padded prefill with the graphed decode: float32 as eager; bf16 as far from float32
+    as the eager bf16 path (the CPU bounds of test_static_prefill.py)."""
+    eager = forced_stream_logits(cuda_fp32, "eager")
+    fixed = forced_stream_logits(cuda_fp32, "graphed", prefill_path=prefill_path)
+    assert (fixed - eager).abs().max().item() < 1e-3
+    eager_bf16 = forced_stream_logits(cuda_bf16, "eager")
+    fixed_bf16 = forced_stream_logits(cuda_bf16, "graphed", prefill_path=prefill_path)
+    rms_eager = (eager_bf16 - eager).pow(2).mean().sqrt().item()
+    rms_fixed = (fixed_bf16 - eager).pow(2).mean().sqrt().item()
+    assert rms_fixed <= 1.1 * rms_eager, (rms_fixed, rms_eager)
 
 
 def test_graphed_stream_with_ask_equals_eager(cuda_fp32):

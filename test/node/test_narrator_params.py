@@ -219,3 +219,15 @@ def test_decode_path_and_compile_vision_reach_the_stream_config():
     assert stream_config(with_values(compile_vision=True)).compile_vision is True
     assert "decode_path" in problems(with_values(decode_path="fast"))[0]
     assert "CUDA" in problems(with_values(decode_path="graphed", device="cpu"))[0]
+
+
+def test_prefill_path_reaches_the_stream_config_and_flash_attention_is_refused():
+    assert stream_config(with_values(prefill_path="compiled")).prefill_path == "compiled"
+    assert "prefill_path" in problems(with_values(prefill_path="fast"))[0]
+    flash = problems(with_values(prefill_path="static", attn_implementation="flash_attention_2"))
+    assert len(flash) == 1 and "prefill_path 'static'" in flash[0]
+    flash = problems(with_values(decode_path="graphed", attn_implementation="flash_attention_2",
+                                 device="cuda"))
+    assert len(flash) == 1 and "decode_path 'graphed'" in flash[0]
+    # auto decodes eagerly with flash_attention_2: nothing to refuse.
+    assert problems(with_values(attn_implementation="flash_attention_2", device="cuda")) == []
