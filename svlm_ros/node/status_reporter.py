@@ -92,6 +92,7 @@ class StatusReporter:
             status.dtype = str(loaded.dtype).removeprefix("torch.")
             status.attn_implementation = loaded.attn_implementation
             status.torch_threads = int(streams.torch_threads)
+            status.decode_path, status.prefill_path = streams.run_paths()
             if loaded.device.type == "cuda":
                 import torch
 
@@ -162,6 +163,7 @@ class StatusReporter:
             for key, value in (
                 ("state", status.state), ("model", status.model), ("device", status.device),
                 ("dtype", status.dtype), ("attn_implementation", status.attn_implementation),
+                ("decode_path", status.decode_path), ("prefill_path", status.prefill_path),
                 ("device_memory_allocated", status.device_memory_allocated),
                 ("device_memory_reserved", status.device_memory_reserved),
                 ("process_memory", status.process_memory),

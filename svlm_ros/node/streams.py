@@ -180,6 +180,15 @@ class Streams:
             + (f"; the {len(self.cameras)} cameras decode as one batch" if self.batched else "")
         )
 
+    def run_paths(self) -> tuple[str, str]:
+        """``(decode path, prefill path)`` of the cameras' sessions (``batched`` decode for a
+        camera group); empty strings while no session exists."""
+        session = self.cameras[0].session
+        if session is None:
+            return "", ""
+        return ("batched" if self.group is not None else session.decode_path,
+                session.prefill_path)
+
     def _new_sessions(self, loaded: LoadedModel, config: StreamConfig
                       ) -> list[StreamingSession]:
         """One fresh session per camera: a ``CameraGroup``'s when batched (sets ``group``)."""

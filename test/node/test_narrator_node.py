@@ -184,6 +184,7 @@ def test_status_reports_every_camera(harness):
     status = status_after(harness, time.time())
     assert status.state == "active" and status.error == ""
     assert status.model and status.device == "cpu" and status.dtype == "float32"
+    assert (status.decode_path, status.prefill_path) == ("eager", "eager")  # CPU defaults
     assert status.process_memory > 0
     cameras = {camera.name: camera for camera in status.cameras}
     assert list(cameras) == ["front", "rear", "idle"]

@@ -29,7 +29,7 @@ from sensor_msgs.msg import Image
 
 from svlm_ros.engine.camera_group import CameraGroup
 from svlm_ros.engine.streaming_session import GenerationInterrupted
-from svlm_ros.msg import Narration
+from svlm_ros.msg import Narration, NarratorStatus
 from svlm_ros.node import narration_worker
 from svlm_ros.node.narrator import NarratorNode
 from svlm_ros.node.parameters import automatic_torch_threads
@@ -416,6 +416,12 @@ def test_cameras_due_together_are_decoded_as_one_batch(running, batch_sizes):
     assert batch_sizes and set(batch_sizes) == {2}, batch_sizes
     for camera in streams.cameras:
         assert camera.stats.round_errors == 0, camera.stats.last_round_error
+    # The status says so: the decode path is 'batched'.
+    statuses: list[NarratorStatus] = []
+    narrator.client.create_subscription(NarratorStatus, f"{narrator.namespace}/status",
+                                        statuses.append, RELIABLE)
+    status = narrator.wait_for(lambda: statuses and statuses[-1], 10.0, "a status message")
+    assert (status.decode_path, status.prefill_path) == ("batched", "eager")
 
 
 def test_a_batch_does_not_wait_for_a_camera_that_sends_nothing(running, batch_sizes):
