@@ -458,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
                     report["rows"].append(run_parts(loaded, config, count, phase, args))
             report["decode_path"] = report["rows"][0]["decode_path"]
             report["prefill_path"] = report["rows"][0]["prefill_path"]
+            report["compile_vision"] = bool(args.compile_vision)
             print_parts(report)
             if args.json:
                 args.json.write_text(json.dumps(report, indent=2))

@@ -1,0 +1,154 @@
+"""Read ``svlm-bench --json`` reports and judge them against the GPU real-time targets.
+
+``python -m svlm_ros.benchmarks.gpu_targets REPORT.json [...]`` prints one row per measured
+camera count and phase of every report (the figures a reader compares across decode and
+prefill paths), then the targets of issue 9 with the figure that decides each:
+
+* one camera at hour 2: at most 300 ms per second of video (p50), decode at most 12 ms per
+  token (p50), the p99 of a second at most 1.5 times its median;
+* four cameras at hour 2: every camera narrated every second (video seconds per wall second
+  at least the camera count), p99 narration latency at most 1 s.
+
+A target is judged on the report that comes first on the command line with a row for it (put
+the configuration you ship first); one no report measured is listed as not measured. Exit
+status 0 when every target was measured and met, 1 otherwise. Needs no GPU and no ROS:
+``scripts/measure_gpu.sh`` runs the benchmarks on a GPU and this at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Target:
+    """One requirement: ``figure(row) <= limit`` on the row of ``cameras`` at ``phase``."""
+
+    what: str
+    cameras: int
+    phase: str
+    figure: str
+    limit: float
+
+
+def _second_spread(row: dict) -> float:
+    per_second = row["ms_per_video_second"]
+    return per_second["p99"] / per_second["p50"]
+
+
+def _missed_real_time(row: dict) -> float:
+    """Camera-seconds of video short of real time per wall second (0 or less: real time)."""
+    return row["cameras"] - row["video_seconds_per_second"]
+
+
+FIGURES = {
+    "ms per video second p50": lambda row: row["ms_per_video_second"]["p50"],
+    "decode ms per token p50": lambda row: row["parts_ms"]["decode_per_token"]["p50"],
+    "p99 / p50 of a second": _second_spread,
+    "cameras short of real time": _missed_real_time,
+    "latency ms p99": lambda row: row["latency_ms"]["p99"],
+}
+
+TARGETS = (
+    Target("one camera: <= 300 ms per second of video", 1, "hour2",
+           "ms per video second p50", 300.0),
+    Target("one camera: decode <= 12 ms per token", 1, "hour2", "decode ms per token p50", 12.0),
+    Target("one camera: p99 <= 1.5x the median", 1, "hour2", "p99 / p50 of a second", 1.5),
+    Target("four cameras: each narrated every second", 4, "hour2",
+           "cameras short of real time", 0.0),
+    Target("four cameras: p99 narration latency <= 1 s", 4, "hour2", "latency ms p99", 1000.0),
+)
+
+
+def load_reports(paths: list[Path]) -> list[tuple[str, dict]]:
+    """``(label, report)`` per file; the label is the file's stem.
+
+    Raises:
+        ValueError: a file that is not an ``svlm-bench --parts`` JSON report.
+    """
+    reports = []
+    for path in paths:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not readable as JSON ({error})") from error
+        if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
+            raise ValueError(f"{path}: no 'rows'; write it with svlm-bench --parts --json")
+        reports.append((path.stem, report))
+    return reports
+
+
+def judge(reports: list[tuple[str, dict]]) -> list[tuple[Target, str | None, float | None]]:
+    """``(target, label of the report judged, figure)`` per target; None where not measured."""
+    verdicts = []
+    for target in TARGETS:
+        found = next(((label, row) for label, report in reports for row in report["rows"]
+                      if row["cameras"] == target.cameras and row["phase"] == target.phase),
+                     None)
+        if found is None:
+            verdicts.append((target, None, None))
+        else:
+            verdicts.append((target, found[0], FIGURES[target.figure](found[1])))
+    return verdicts
+
+
+def met(target: Target, figure: float | None) -> bool:
+    return figure is not None and math.isfinite(figure) and figure <= target.limit
+
+
+def format_rows(reports: list[tuple[str, dict]]) -> list[str]:
+    """One line per measured row: the figures to compare across paths."""
+    lines = [f"{'report':<18} {'decode/prefill/vision':<26} {'cams':>4} {'phase':<8} "
+             f"{'ms/video s p50/p99':>19} {'decode/tok':>10} {'prefill':>8} {'vision':>7} "
+             f"{'latency p99':>11}"]
+    for label, report in reports:
+        vision = "compiled" if report.get("compile_vision") else "eager"
+        paths = f"{report.get('decode_path', '?')}/{report.get('prefill_path', 'eager')}/{vision}"
+        for row in report["rows"]:
+            per_second, parts = row["ms_per_video_second"], row["parts_ms"]
+            lines.append(
+                f"{label:<18} {paths:<26} {row['cameras']:>4} {row['phase']:<8} "
+                f"{per_second['p50']:>9.1f}/{per_second['p99']:<9.1f} "
+                f"{parts['decode_per_token']['p50']:>10.1f} {parts['prefill']['p50']:>8.1f} "
+                f"{parts['vision']['p50']:>7.1f} {row['latency_ms']['p99']:>11.1f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m svlm_ros.benchmarks.gpu_targets",
+        description="Judge svlm-bench --json reports against the GPU real-time targets.")
+    parser.add_argument("reports", nargs="+", type=Path,
+                        help="svlm-bench --parts --json files; the first with a row for a "
+                        "target decides it")
+    args = parser.parse_args(argv)
+    try:
+        reports = load_reports(args.reports)
+    except ValueError as error:
+        print(f"gpu_targets: {error}", file=sys.stderr)
+        return 2
+    devices = sorted({report.get("device", "?") for _, report in reports})
+    print(f"device {', '.join(devices)}")
+    print("\n".join(format_rows(reports)))
+    print()
+    all_met = True
+    for target, label, figure in judge(reports):
+        if label is None:
+            all_met = False
+            print(f"NOT MEASURED  {target.what} (no report has {target.cameras} camera(s) at "
+                  f"{target.phase})")
+            continue
+        ok = met(target, figure)
+        all_met &= ok
+        print(f"{'MET' if ok else 'MISSED':<13} {target.what}: {target.figure} {figure:.2f} "
+              f"(limit {target.limit:g}; {label})")
+    return 0 if all_met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
