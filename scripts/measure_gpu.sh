@@ -12,24 +12,32 @@
 #      batched_4      4 cameras decoded as one batch, hour 2
 #      eager_decode   1 camera, hour 2, the eager decode (the engine before the GPU work)
 #      prefill_compiled, vision_compiled   1 camera, hour 2, the compiled prefill / encoder
-# 3. python -m svlm_ros.benchmarks.gpu_targets over the reports: a table to compare the paths,
-#    and each target met or missed (exit status 1 if any is missed or not measured).
+# 3. python -m svlm_ros.benchmarks.gpu_targets over the reports: a table to compare the runs,
+#    and each target met or missed, judged on shipped and batched_4 (the default paths; exit
+#    status 1 if any is missed or not measured).
 # Every run writes OUT_DIR/<name>.json and .txt. Options given after OUT_DIR go to every run
 # and override the defaults (a dry run on the CPU:
 # `bash scripts/measure_gpu.sh /tmp/dry --model-shape tiny --device cpu --warmup-seconds 2
 # --measure-seconds 2`). Expect 10-20 minutes on an H100 (an estimate: never run on one yet).
+# PYTHON names the interpreter (default python3).
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-gpu-figures}
+if [[ "$out" == -* ]]; then
+    echo "usage: bash scripts/measure_gpu.sh [OUT_DIR] [svlm-bench options...]" \
+        "(the folder comes first; got option '$out')" >&2
+    exit 2
+fi
 shift || true
-mkdir -p "$out"
+mkdir -p "$out" || exit 2
+python=${PYTHON:-python3}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 failed=0
 
 if [[ "${SVLM_SKIP_CUDA_TESTS:-0}" != 1 ]]; then
     echo "== CUDA tests" >&2
-    (cd "$repo" && python -m pytest -q -p no:cacheprovider test/engine/test_gpu_path_cuda.py) \
+    (cd "$repo" && "$python" -m pytest -q -p no:cacheprovider test/engine/test_gpu_path_cuda.py) \
         2>&1 | tee "$out/cuda_tests.txt" || failed=1
 fi
 
@@ -37,8 +45,9 @@ bench() {  # bench NAME [svlm-bench options]
     local name=$1
     shift
     echo "== $name" >&2
-    python -m svlm_ros.engine.benchmark --model-shape qwen2.5-vl-7b --device cuda \
-        "$@" "${extra[@]}" --json "$out/$name.json" 2>&1 | tee "$out/$name.txt"
+    # ${extra[@]+...}: an empty array is an unbound variable under set -u before bash 4.4.
+    "$python" -m svlm_ros.engine.benchmark --model-shape qwen2.5-vl-7b --device cuda \
+        "$@" ${extra[@]+"${extra[@]}"} --json "$out/$name.json" 2>&1 | tee "$out/$name.txt"
     if [[ ${PIPESTATUS[0]} != 0 ]]; then
         echo "svlm-bench run '$name' failed; see $out/$name.txt" >&2
         rm -f "$out/$name.json"  # no report that looks complete
@@ -53,16 +62,20 @@ bench eager_decode --cameras 1 --phases hour2 --decode-path eager
 bench prefill_compiled --cameras 1 --phases hour2 --prefill-path compiled
 bench vision_compiled --cameras 1 --phases hour2 --compile-vision
 
-reports=()
-for name in shipped batched_4 eager_decode prefill_compiled vision_compiled; do
-    [[ -f "$out/$name.json" ]] && reports+=("$out/$name.json")
+judged=() compared=()
+for name in shipped batched_4; do
+    [[ -f "$out/$name.json" ]] && judged+=("$out/$name.json")
 done
-if ((${#reports[@]} == 0)); then
-    echo "no benchmark report was written" >&2
+for name in eager_decode prefill_compiled vision_compiled; do
+    [[ -f "$out/$name.json" ]] && compared+=("$out/$name.json")
+done
+if ((${#judged[@]} == 0)); then
+    echo "no benchmark report of the shipped configuration was written" >&2
     exit 1
 fi
 echo "== targets" >&2
-python -m svlm_ros.benchmarks.gpu_targets "${reports[@]}" | tee "$out/targets.txt"
+"$python" -m svlm_ros.benchmarks.gpu_targets "${judged[@]}" \
+    --compare ${compared[@]+"${compared[@]}"} | tee "$out/targets.txt"
 targets=${PIPESTATUS[0]}
 ((failed)) && exit 1
 exit "$targets"

@@ -92,6 +92,11 @@ class FullAttentionSession(StreamingSession):
 class RecomputeSession(StreamingSession):
     """Same retained content as ``bounded``, but rebuilt from scratch every second."""
 
+    def __init__(self, loaded, config: StreamConfig):
+        # Eager prefill: the whole retained window is prefilled anew every second, a new
+        # length (a new compiled shape) almost every time.
+        super().__init__(loaded, dataclasses.replace(config, prefill_path="eager"))
+
     def reset(self) -> None:
         super().reset()
         self._blocks: dict[float, VideoBlock] = {}

@@ -10,10 +10,15 @@ the same way with ``P`` tokens at once:
   by a few time-text tokens, so a stream meets one or two buckets per frame size);
 * every token attends over the whole capacity with a mask that admits the slots up to its own;
 * the tokens are written at slots ``length .. length + P - 1``; the padding lands past the live
-  tokens, where nothing reads it and the next real write overwrites it; the cache's length
-  advances by the real tokens only;
+  tokens, where nothing reads it (later writes overwrite it); the cache's length advances by
+  the real tokens only;
 * the start slot and the index of the last real token are device tensors, so the shapes depend
   only on ``P`` and the capacity: one compilation per bucket for the whole stream.
+
+The first round of a stream (the sink and the first second, into an empty cache) runs eagerly:
+its prompt is a bucket no later round meets. Compiled graphs are keyed by bucket, capacity and
+dtype; past torch's recompile limit (8 per function) dynamo runs the pass uncompiled, which
+still gives the same result.
 
 Paths (``StreamConfig.prefill_path``):
 
@@ -24,8 +29,9 @@ Paths (``StreamConfig.prefill_path``):
   and a graph would pin another pool of activations per bucket). Whether it pays on a GPU is
   for ``svlm-bench --prefill-path compiled`` to show: it is not measured yet.
 
-A prompt whose padded length does not fit the capacity (only possible with a cache bound that
-leaves no room for a question) falls back to the eager forward, which gives the same result.
+A prompt whose padded length does not fit the capacity (only possible when the room kept for
+a question is smaller than a bucket) falls back to the eager forward, which gives the same
+result.
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ from svlm_ros.engine.static_decode import (
 from svlm_ros.engine.static_prefill import PREFILL_PATHS, StaticPrefiller, resolve_prefill_path
 from svlm_ros.engine.vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
 
+#: The cache capacity is a multiple of this many tokens (see ``_compute_bound``).
+CAPACITY_ALIGNMENT = 16
+
 
 class GenerationInterrupted(RuntimeError):
     """``interrupt()`` was called while a round or an answer was being generated."""
@@ -268,13 +271,18 @@ class StreamingSession:
         return prompt + self.config.max_new_tokens + len(self._close_ids)
 
     def _compute_bound(self) -> int:
+        """The cache's capacity: the policy's bound for the worst round plus a question,
+        rounded up to a multiple of ``CAPACITY_ALIGNMENT`` (the fixed-shape decode and prefill
+        attend over the whole capacity, and CUDA's memory-efficient attention wants the key
+        length of a mask aligned; unaligned, every layer pads the mask again)."""
         policy = StreamingCachePolicy(self.config.cache)
         ask_room = (
             self.config.max_question_tokens + self.config.max_answer_tokens + len(self._close_ids)
         )
         most_vision = self.config.max_pixels // (PATCH_FACTOR * PATCH_FACTOR)
         round_tokens = self._round_tokens(most_vision, MAX_STREAM_SECONDS)
-        return policy.bound(len(self._sink_ids), round_tokens, ask_room)
+        bound = policy.bound(len(self._sink_ids), round_tokens, ask_room)
+        return -(-bound // CAPACITY_ALIGNMENT) * CAPACITY_ALIGNMENT
 
     def stream_bound(self, frame_height: int, frame_width: int, stream_seconds: float) -> int:
         """Most tokens held while narrating frames of one size for up to ``stream_seconds``.
@@ -411,7 +419,10 @@ class StreamingSession:
         if video is not None:
             kwargs = {"inputs_embeds": self._embed_with_video(input_ids, video)}
         with sdpa_kernels(self.device):
-            if video is not None and self.prefiller is not None and self.prefiller.fits(len(ids)):
+            # The sink round (an empty cache) runs eagerly: its prompt, sink included, would
+            # be a bucket of its own, compiled for one use.
+            if (video is not None and self.prefiller is not None and self.policy.length > 0
+                    and self.prefiller.fits(len(ids))):
                 logits = self.prefiller.prefill(kwargs["inputs_embeds"], positions)
             else:
                 logits = self.model(

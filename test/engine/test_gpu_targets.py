@@ -14,7 +14,7 @@ from svlm_ros.benchmarks.gpu_targets import TARGETS, judge, main, met
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _row(cameras: int, phase: str, per_second=(250.0, 300.0), decode=10.0,
+def _row(cameras: int, phase: str, per_second=(200.0, 240.0), decode=10.0,
          video_per_second=None, latency_p99=800.0) -> dict:
     both = {"p50": 1.0, "p99": 1.0}
     return {
@@ -54,21 +54,29 @@ def test_a_missed_one_camera_target_is_named(tmp_path, capsys, row, missed):
 
 
 def test_four_cameras_behind_real_time_or_late_miss(tmp_path):
-    behind = _row(4, "hour2", video_per_second=3.6)
+    # On average within real time, but the slowest seconds took 4 x 260 ms > 1 s.
+    behind = _row(4, "hour2", per_second=(200.0, 260.0), video_per_second=4.5)
     late = _row(4, "hour2", latency_p99=1200.0)
     for four in (behind, late):
         verdicts = judge([("run", {"rows": [_row(1, "hour2"), four]})])
         assert [met(target, figure) for target, _, figure in verdicts].count(False) == 1
 
 
-def test_the_first_report_with_a_row_decides_and_absent_rows_are_not_measured(tmp_path, capsys):
+def test_compared_reports_are_shown_not_judged(tmp_path, capsys):
     shipped = _write(tmp_path, "shipped", _row(1, "hour2"))
-    slower = _write(tmp_path, "eager_decode", _row(1, "hour2", decode=30.0))
-    assert main([shipped, slower]) == 1  # the four-camera targets were not measured
+    slower = _write(tmp_path, "eager_decode", _row(1, "hour2", decode=30.0), _row(4, "hour2"))
+    assert main([shipped, "--compare", slower]) == 1  # four cameras: not measured when shipped
     out = capsys.readouterr().out
     assert "decode ms per token p50 10.00 (limit 12; shipped)" in out
-    assert out.count("NOT MEASURED") == 2
-    assert "eager_decode" in out  # still listed in the comparison table
+    assert out.count("NOT MEASURED") == 2 and "MISSED" not in out
+    assert "eager_decode" in out  # listed in the comparison table
+
+
+def test_the_first_judged_report_with_a_row_decides(tmp_path, capsys):
+    first = _write(tmp_path, "first", _row(1, "hour2", decode=13.0))
+    second = _write(tmp_path, "second", _row(1, "hour2"), _row(4, "hour2"))
+    assert main([first, second]) == 1
+    assert "decode ms per token p50 13.00 (limit 12; first)" in capsys.readouterr().out
 
 
 def test_a_file_that_is_not_a_report_is_refused(tmp_path, capsys):
@@ -87,8 +95,15 @@ def _measure(out, *options, timeout: float):
 def test_measure_gpu_leaves_no_report_of_a_failed_run(tmp_path):
     done = _measure(tmp_path, "--frame-size", "wide", timeout=300)
     assert done.returncode == 1
-    assert "no benchmark report was written" in done.stderr
+    assert "no benchmark report of the shipped configuration was written" in done.stderr
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_measure_gpu_wants_the_folder_first(tmp_path):
+    done = subprocess.run(["bash", str(REPO / "scripts/measure_gpu.sh"), "--measure-seconds",
+                           "60"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and "the folder comes first" in done.stderr
+    assert not (tmp_path / "--measure-seconds").exists()
 
 
 @pytest.mark.slow  # five tiny benchmark runs and one compile: about 70 s on 2 cores
