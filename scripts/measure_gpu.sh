@@ -13,7 +13,8 @@
 #      eager_decode   1 camera, hour 2, the eager decode (the engine before the GPU work)
 #      prefill_compiled, vision_compiled   1 camera, hour 2, the compiled prefill / encoder
 # 3. python -m svlm_ros.benchmarks.gpu_targets over the reports: a table to compare the runs,
-#    and each target met or missed, judged on shipped and batched_4 (the default paths; exit
+#    each run's parts drawn to OUT_DIR/parts.png (when matplotlib is installed), and each
+#    target met or missed, judged on shipped and batched_4 (the default paths; exit
 #    status 1 if any is missed or not measured).
 # Every run writes OUT_DIR/<name>.json and .txt. Options given after OUT_DIR go to every run
 # and override the defaults (a dry run on the CPU:
@@ -74,7 +75,7 @@ if ((${#judged[@]} == 0)); then
     exit 1
 fi
 echo "== targets" >&2
-"$python" -m svlm_ros.benchmarks.gpu_targets "${judged[@]}" \
+"$python" -m svlm_ros.benchmarks.gpu_targets "${judged[@]}" --plot "$out/parts.png" \
     --compare ${compared[@]+"${compared[@]}"} | tee "$out/targets.txt"
 targets=${PIPESTATUS[0]}
 ((failed)) && exit 1

@@ -1,16 +1,17 @@
 """Read ``svlm-bench --json`` reports and judge them against the GPU real-time targets.
 
-``python -m svlm_ros.benchmarks.gpu_targets SHIPPED.json [...] [--compare OTHER.json ...]``
-prints one row per measured camera count and phase of every report (the figures a reader
-compares across decode and prefill paths), then the targets of issue 9 with the figure that
-decides each:
+``python -m svlm_ros.benchmarks.gpu_targets SHIPPED.json [...] [--compare OTHER.json ...]
+[--plot parts.png]`` prints one row per measured camera count and phase of every report (the
+figures a reader compares across decode and prefill paths), then the targets of issue 9 with
+the figure that decides each:
 
 * one camera at hour 2: at most 300 ms per second of video (p50), decode at most 12 ms per
   token (p50), the p99 of a second at most 1.5 times its median;
 * four cameras at hour 2: every camera narrated every second (the p99 wall time of one
   second of all four cameras' rounds within the second), p99 narration latency at most 1 s.
 
-Targets are judged on the positional reports only (the configuration you ship); ``--compare``
+``--plot`` draws each row's round as a bar of its parts against the 300 ms target and real
+time. Targets are judged on the positional reports only (the configuration you ship); ``--compare``
 reports only join the table. A target is decided by the first positional report with a row for
 it; one none measured is listed as not measured. Exit status 0 when every target was measured
 and met, 1 otherwise. Needs no GPU and no ROS: ``scripts/measure_gpu.sh`` runs the benchmarks
@@ -122,6 +123,57 @@ def format_rows(reports: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
+#: The parts of a round drawn in the plot, in time order, and their colours.
+PLOT_PARTS = (("preprocess", "tab:gray"), ("evict", "tab:brown"), ("vision", "tab:green"),
+              ("prefill", "tab:orange"), ("decode", "tab:blue"))
+
+
+def plot_parts(reports: list[tuple[str, dict]], path: Path) -> Path:
+    """A bar per measured row: one round's parts (p50, decode = per token x tokens generated)
+    against the 300 ms target and real time; the p99 of a second as a black tick.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: GPU boxes have no display
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{label} ({row['cameras']} cam, {row['phase']})", row)
+            for label, report in reports for row in report["rows"]]
+    fig, axis = plt.subplots(figsize=(11, 1.6 + 0.45 * len(rows)))
+    for index, (_, row) in enumerate(rows):
+        left = 0.0
+        for name, colour in PLOT_PARTS:
+            if name == "decode":
+                value = (row["parts_ms"]["decode_per_token"]["p50"]
+                         * row.get("generated_tokens_mean", 0.0))
+            else:
+                value = row["parts_ms"][name]["p50"]
+            if not math.isfinite(value):
+                continue
+            axis.barh(index, value, left=left, color=colour,
+                      label=name if index == 0 else None)
+            left += value
+        axis.plot([row["ms_per_video_second"]["p99"]], [index], marker="|", color="black",
+                  markersize=14, label="p99 of a second (one camera's share)" if index == 0
+                  else None)
+    axis.axvline(300, color="tab:red", linestyle="--", label="target: 300 ms per second")
+    axis.axvline(1000, color="black", linestyle=":", label="real time (1,000 ms)")
+    axis.set_yticks(range(len(rows)), [name for name, _ in rows])
+    axis.invert_yaxis()
+    axis.set_xlabel("milliseconds per round (p50 of each part)")
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    devices = ", ".join(sorted({report.get("device", "?") for _, report in reports}))
+    axis.set_title(f"Where a round's time goes: {devices}", fontsize="medium")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m svlm_ros.benchmarks.gpu_targets",
@@ -131,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the first with a row for a target decides it")
     parser.add_argument("--compare", nargs="*", type=Path, default=[],
                         help="more reports shown in the table, not judged")
+    parser.add_argument("--plot", type=Path,
+                        help="also draw every run's parts to this PNG (needs matplotlib)")
     args = parser.parse_args(argv)
     try:
         judged = load_reports(args.reports)
@@ -141,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     devices = sorted({report.get("device", "?") for _, report in judged + compared})
     print(f"device {', '.join(devices)}")
     print("\n".join(format_rows(judged + compared)))
+    if args.plot:
+        try:
+            print(f"plot: {plot_parts(judged + compared, args.plot)}")
+        except ImportError:
+            print("plot: skipped, matplotlib is not installed (pip install matplotlib)",
+                  file=sys.stderr)
     print()
     all_met = True
     for target, label, figure in judge(judged):

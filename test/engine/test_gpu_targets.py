@@ -79,6 +79,16 @@ def test_the_first_judged_report_with_a_row_decides(tmp_path, capsys):
     assert "decode ms per token p50 13.00 (limit 12; first)" in capsys.readouterr().out
 
 
+def test_plot_of_every_run(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    shipped = _write(tmp_path, "shipped", _row(1, "minute1"), _row(1, "hour2"))
+    other = _write(tmp_path, "eager_decode", _row(1, "hour2", decode=30.0))
+    plot = tmp_path / "parts.png"
+    main([shipped, "--compare", other, "--plot", str(plot)])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+    assert f"plot: {plot}" in capsys.readouterr().out
+
+
 def test_a_file_that_is_not_a_report_is_refused(tmp_path, capsys):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"policies": {}}))
@@ -117,5 +127,6 @@ def test_measure_gpu_dry_run_on_the_cpu(tmp_path):
                      "vision_compiled"}
     assert json.loads((tmp_path / "prefill_compiled.json").read_text())["prefill_path"] == \
         "compiled"
+    assert (tmp_path / "parts.png").stat().st_size > 10_000
     targets = (tmp_path / "targets.txt").read_text()
     assert targets.count("MET") == len(TARGETS)
