@@ -36,6 +36,25 @@ python=${PYTHON:-python3}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 failed=0
 
+# What this machine has, and whether transformers is the version the engine is tested with
+# (offline GPU boxes: `pip download --no-deps transformers==<pin>` elsewhere, install the wheel).
+"$python" - "$repo/scripts/constraints.txt" <<'PY' || exit 2
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+pins = dict(line.strip().split("==") for line in Path(sys.argv[1]).read_text().splitlines()
+            if line.strip().startswith(("torch==", "transformers==")))
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+print(f"torch {torch.__version__}, transformers {transformers.__version__}, {gpu}",
+      file=sys.stderr)
+if transformers.__version__ != pins.get("transformers"):
+    print(f"warning: transformers {transformers.__version__} is not the tested "
+          f"{pins.get('transformers')} (scripts/constraints.txt)", file=sys.stderr)
+PY
+
 if [[ "${SVLM_SKIP_CUDA_TESTS:-0}" != 1 ]]; then
     echo "== CUDA tests" >&2
     (cd "$repo" && "$python" -m pytest -q -p no:cacheprovider test/engine/test_gpu_path_cuda.py) \
