@@ -150,14 +150,14 @@ def test_graphed_decoder_plumbing_equals_static(two_layer):
         assert torch.equal(a, b)
 
 
-@pytest.fixture
-def static_exactness(monkeypatch):
-    """Make the exactness and reference tests build their sessions on the fixed-shape path."""
-    def static_config(*args, **overrides):
-        return small_config(*args, decode_path="static", **overrides)
+def _exactness_on(monkeypatch, decode_path: str):
+    """Make the exactness and reference tests build their sessions on ``decode_path``; returns
+    the paths of the sessions built."""
+    def config(*args, **overrides):
+        return small_config(*args, decode_path=decode_path, **overrides)
 
     for module in (exactness, reference):
-        monkeypatch.setattr(module, "small_config", static_config)
+        monkeypatch.setattr(module, "small_config", config)
     built = []
     real_init = StreamingSession.__init__
 
@@ -166,8 +166,24 @@ def static_exactness(monkeypatch):
         built.append(self.decode_path)
 
     monkeypatch.setattr(StreamingSession, "__init__", init)
+    return built
+
+
+@pytest.fixture
+def static_exactness(monkeypatch):
+    """Make the exactness and reference tests build their sessions on the fixed-shape path."""
+    built = _exactness_on(monkeypatch, "static")
     yield built
     assert built and set(built) == {"static"}, built
+
+
+@pytest.mark.slow  # inductor compiles the step once per cache capacity (cold: tens of seconds)
+def test_exactness_after_evictions_with_compiled_decode(one_layer, monkeypatch):
+    """The compiled step (inductor on the CPU; CUDA graphs on CUDA) against recomputation."""
+    built = _exactness_on(monkeypatch, "compiled")
+    exactness.test_after_evictions_one_layer_equals_fresh_forward_on_retained(
+        one_layer, 3, 6, 10, [(96, 128), (64, 64), (200, 300)])
+    assert built and set(built) == {"compiled"}, built
 
 
 def test_exactness_no_eviction_with_static_decode(two_layer, static_exactness):
