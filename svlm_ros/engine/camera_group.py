@@ -25,7 +25,7 @@ from svlm_ros.engine.attention import sdpa_kernels
 from svlm_ros.engine.frame_sampler import SecondOfFrames
 from svlm_ros.engine.kv_cache import CacheOverflowError
 from svlm_ros.engine.model_loading import LoadedModel
-from svlm_ros.engine.static_decode import _CudaGraph, decode_step
+from svlm_ros.engine.static_decode import _CudaGraph, decode_step, uses_float_mask
 from svlm_ros.engine.streaming_session import (
     GenerationInterrupted,
     RoundResult,
@@ -106,7 +106,7 @@ class CameraGroup:
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor):
         """``(cameras,)`` tokens at ``positions`` into ``slots``: ``(cameras, vocab)`` logits."""
         keys, values, pristine = self.storage
-        float_mask = self.model.config.get_text_config()._attn_implementation == "eager"
+        float_mask = uses_float_mask(self.model)
         language_model, lm_head = self.model.model.language_model, self.model.lm_head
         if self._graph_factory is None:
             return decode_step(language_model, lm_head, tokens, positions, slots, keys, values,

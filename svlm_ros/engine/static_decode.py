@@ -36,6 +36,15 @@ from svlm_ros.engine.kv_cache import CacheOverflowError
 #: Decode paths a session may use. ``auto``: ``graphed`` on CUDA, ``eager`` on the CPU.
 DECODE_PATHS = ("auto", "eager", "static", "compiled", "graphed")
 
+#: Attention kernels that take the capacity mask of a fixed-shape step (flash-attn does not).
+FIXED_SHAPE_KERNELS = ("sdpa", "eager")
+
+
+def uses_float_mask(model) -> bool:
+    """Whether the model's attention takes an additive float mask (the ``eager`` kernel)
+    rather than a boolean one (SDPA)."""
+    return model.config.get_text_config()._attn_implementation == "eager"
+
 
 def resolve_decode_path(decode_path: str, device: torch.device, attn_implementation: str) -> str:
     """The decode path to use: ``eager``, ``static``, ``compiled`` or ``graphed``.
@@ -46,7 +55,7 @@ def resolve_decode_path(decode_path: str, device: torch.device, attn_implementat
     """
     if decode_path not in DECODE_PATHS:
         raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {decode_path!r}")
-    fixed_shape_ok = attn_implementation in ("sdpa", "eager")
+    fixed_shape_ok = attn_implementation in FIXED_SHAPE_KERNELS
     if decode_path == "auto":
         return "graphed" if device.type == "cuda" and fixed_shape_ok else "eager"
     if decode_path == "graphed" and device.type != "cuda":
@@ -186,7 +195,7 @@ class StaticDecoder:
         self.model = model
         self.cache = cache
         self.compiled = compiled
-        self.float_mask = model.config.get_text_config()._attn_implementation == "eager"
+        self.float_mask = uses_float_mask(model)
         self._buffers: tuple | None = None
 
     def _cache_buffers(self):

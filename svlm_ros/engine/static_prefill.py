@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import torch
 
-from svlm_ros.engine.static_decode import fixed_shape_hidden
+from svlm_ros.engine.static_decode import FIXED_SHAPE_KERNELS, fixed_shape_hidden, uses_float_mask
 
 #: Prefill paths a session may use.
 PREFILL_PATHS = ("eager", "static", "compiled")
@@ -56,7 +56,7 @@ def resolve_prefill_path(prefill_path: str, attn_implementation: str) -> str:
     """
     if prefill_path not in PREFILL_PATHS:
         raise ValueError(f"prefill_path must be one of {PREFILL_PATHS}, got {prefill_path!r}")
-    if prefill_path != "eager" and attn_implementation not in ("sdpa", "eager"):
+    if prefill_path != "eager" and attn_implementation not in FIXED_SHAPE_KERNELS:
         raise ValueError(
             f"prefill_path {prefill_path!r} attends over the whole preallocated cache with a "
             f"mask, which attn_implementation {attn_implementation!r} cannot take; load the "
@@ -122,7 +122,7 @@ class StaticPrefiller:
         self.cache = cache
         self.compiled = compiled
         self.bucket = bucket
-        self.float_mask = model.config.get_text_config()._attn_implementation == "eager"
+        self.float_mask = uses_float_mask(model)
         #: Prompts prefilled with the fixed shape, and those that did not fit the capacity once
         #: padded (run eagerly instead).
         self.prefills = 0

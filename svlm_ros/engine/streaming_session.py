@@ -40,7 +40,12 @@ from svlm_ros.engine.static_decode import (
     StaticDecoder,
     resolve_decode_path,
 )
-from svlm_ros.engine.static_prefill import PREFILL_PATHS, StaticPrefiller, resolve_prefill_path
+from svlm_ros.engine.static_prefill import (
+    PREFILL_PATHS,
+    StaticPrefiller,
+    padded_length,
+    resolve_prefill_path,
+)
 from svlm_ros.engine.vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
 
 #: The cache capacity is a multiple of this many tokens (see ``_compute_bound``).
@@ -282,7 +287,7 @@ class StreamingSession:
         most_vision = self.config.max_pixels // (PATCH_FACTOR * PATCH_FACTOR)
         round_tokens = self._round_tokens(most_vision, MAX_STREAM_SECONDS)
         bound = policy.bound(len(self._sink_ids), round_tokens, ask_room)
-        return -(-bound // CAPACITY_ALIGNMENT) * CAPACITY_ALIGNMENT
+        return padded_length(bound, CAPACITY_ALIGNMENT)
 
     def stream_bound(self, frame_height: int, frame_width: int, stream_seconds: float) -> int:
         """Most tokens held while narrating frames of one size for up to ``stream_seconds``.

@@ -26,7 +26,7 @@ from svlm_ros.engine.cache_policy import CachePolicyConfig
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.model_loading import ATTENTION_CHOICES, DTYPE_CHOICES
 from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
-from svlm_ros.engine.static_decode import DECODE_PATHS
+from svlm_ros.engine.static_decode import DECODE_PATHS, FIXED_SHAPE_KERNELS
 from svlm_ros.engine.static_prefill import PREFILL_PATHS
 from svlm_ros.engine.streaming_session import StreamConfig
 from svlm_ros.engine.vision_input import PATCH_FACTOR
@@ -394,7 +394,7 @@ def batch_cameras(value: str, device_type: str, cameras: int, attn_implementatio
         return True
     if value == "off":
         return False
-    return cameras > 1 and device_type == "cuda" and attn_implementation in ("sdpa", "eager")
+    return cameras > 1 and device_type == "cuda" and attn_implementation in FIXED_SHAPE_KERNELS
 
 
 def automatic_torch_threads(cores: int, device_type: str) -> int:
