@@ -150,11 +150,11 @@ def test_graphed_decoder_plumbing_equals_static(two_layer):
         assert torch.equal(a, b)
 
 
-def _exactness_on(monkeypatch, decode_path: str):
-    """Make the exactness and reference tests build their sessions on ``decode_path``; returns
-    the paths of the sessions built."""
+def exactness_with(monkeypatch, **settings) -> list[StreamingSession]:
+    """Make the exactness and reference tests build their sessions with ``settings`` (e.g. a
+    decode or prefill path) on top of theirs; returns the sessions built."""
     def config(*args, **overrides):
-        return small_config(*args, decode_path=decode_path, **overrides)
+        return small_config(*args, **settings, **overrides)
 
     for module in (exactness, reference):
         monkeypatch.setattr(module, "small_config", config)
@@ -163,7 +163,7 @@ def _exactness_on(monkeypatch, decode_path: str):
 
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
-        built.append(self.decode_path)
+        built.append(self)
 
     monkeypatch.setattr(StreamingSession, "__init__", init)
     return built
@@ -172,18 +172,20 @@ def _exactness_on(monkeypatch, decode_path: str):
 @pytest.fixture
 def static_exactness(monkeypatch):
     """Make the exactness and reference tests build their sessions on the fixed-shape path."""
-    built = _exactness_on(monkeypatch, "static")
+    built = exactness_with(monkeypatch, decode_path="static")
     yield built
-    assert built and set(built) == {"static"}, built
+    paths = {session.decode_path for session in built}
+    assert built and paths == {"static"}, paths
 
 
 @pytest.mark.slow  # inductor compiles the step once per cache capacity (cold: tens of seconds)
 def test_exactness_after_evictions_with_compiled_decode(one_layer, monkeypatch):
     """The compiled step (inductor on the CPU; CUDA graphs on CUDA) against recomputation."""
-    built = _exactness_on(monkeypatch, "compiled")
+    built = exactness_with(monkeypatch, decode_path="compiled")
     exactness.test_after_evictions_one_layer_equals_fresh_forward_on_retained(
         one_layer, 3, 6, 10, [(96, 128), (64, 64), (200, 300)])
-    assert built and set(built) == {"compiled"}, built
+    paths = {session.decode_path for session in built}
+    assert built and paths == {"compiled"}, paths
 
 
 def test_exactness_no_eviction_with_static_decode(two_layer, static_exactness):

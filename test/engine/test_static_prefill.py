@@ -18,6 +18,7 @@ from engine_helpers import (
     stream,
 )
 from test_engine_invariants import snapshot
+from test_gpu_path import GREEDY, SAMPLED, exactness_with
 
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.static_prefill import (
@@ -26,9 +27,6 @@ from svlm_ros.engine.static_prefill import (
     resolve_prefill_path,
 )
 from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
-
-SAMPLED = SamplingConfig(temperature=0.9, top_p=0.9, repetition_penalty=1.05, seed=3)
-GREEDY = SamplingConfig(temperature=0.0, repetition_penalty=1.05)
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +40,14 @@ def one_layer(tmp_path_factory):
 
 
 def _narrate(loaded, prefill_path: str, decode_path: str = "eager",
-             sampling: SamplingConfig = SAMPLED, seconds: float = 7.5):
-    """A stream with evictions, a frame-size change and a question in the middle."""
+             sampling: SamplingConfig = SAMPLED, seconds: float = 7.5, prepare=None):
+    """A stream with evictions, a frame-size change and a question in the middle;
+    ``prepare(session)`` runs before the first frame."""
     session = StreamingSession(
         loaded, small_config(window=2, prefill_path=prefill_path, decode_path=decode_path,
                              sampling=sampling), record_logits=True)
+    if prepare is not None:
+        prepare(session)
     camera = SyntheticCamera(seed=2)
     texts = [r.text for r in stream(session, camera, seconds / 2)]
     answer = session.ask("What is on the table?").text
@@ -98,35 +99,21 @@ def test_compiled_prefill_equals_eager(two_layer):
 
 def test_padding_that_does_not_fit_falls_back_to_eager(two_layer):
     """A padded prompt past the capacity runs eagerly: same stream, the fallback counted."""
+    def no_padded_prompt_fits(session):
+        session.prefiller.bucket = session.cache.capacity + 1
+
     eager = _narrate(two_layer, "eager")
-    session = StreamingSession(two_layer, small_config(window=2, prefill_path="static",
-                                                       sampling=SAMPLED), record_logits=True)
-    session.prefiller.bucket = session.cache.capacity + 1  # no padded prompt fits
-    camera = SyntheticCamera(seed=2)
-    texts = [r.text for r in stream(session, camera, 7.5 / 2)]
-    answer = session.ask("What is on the table?").text
-    camera.size = (120, 90)
-    texts += [r.text for r in stream(session, camera, 7.5 / 2)]
+    fixed = _narrate(two_layer, "static", prepare=no_padded_prompt_fits)
+    session = fixed[0]
     assert session.prefiller.prefills == 0
     assert session.prefiller.fallbacks == session.rounds_run - 1 >= 5
-    _assert_same_stream((session, texts, session.last_round_logits, answer), eager)
+    _assert_same_stream(fixed, eager)
 
 
 @pytest.fixture
 def static_prefill_exactness(monkeypatch):
     """Make the exactness tests build their sessions with the fixed-shape prefill."""
-    def config(*args, **overrides):
-        return small_config(*args, prefill_path="static", **overrides)
-
-    monkeypatch.setattr(exactness, "small_config", config)
-    built = []
-    real_init = StreamingSession.__init__
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        built.append(self)
-
-    monkeypatch.setattr(StreamingSession, "__init__", init)
+    built = exactness_with(monkeypatch, prefill_path="static")
     yield built
     assert built and all(s.prefiller is not None for s in built)
     assert sum(s.prefiller.prefills for s in built) > 0
