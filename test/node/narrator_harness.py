@@ -42,6 +42,15 @@ except ImportError:  # pragma: no cover
     DiagnosticArray = None
 
 
+# The state each lifecycle transition ends in when it succeeds.
+TRANSITION_GOALS = {
+    Transition.TRANSITION_CONFIGURE: "inactive",
+    Transition.TRANSITION_ACTIVATE: "active",
+    Transition.TRANSITION_DEACTIVATE: "inactive",
+    Transition.TRANSITION_CLEANUP: "unconfigured",
+}
+
+
 def to_stamp(seconds: float) -> Time:
     nanoseconds = round(seconds * 1e9)
     return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
@@ -231,6 +240,9 @@ class NarratorHarness:
         self._spinner = threading.Thread(target=self._spin, daemon=True)
         self._spinner.start()
         self._feeder: threading.Thread | None = None
+        self._clients: dict[tuple[type, str], Client] = {}
+        self._clients_lock = threading.Lock()
+        self._parameter_client: AsyncParameterClient | None = None
 
     def name(self, relative: str) -> str:
         return f"{self.namespace}/{relative}"
@@ -328,9 +340,22 @@ class NarratorHarness:
         self._feeder.start()
 
     # ----- services -----------------------------------------------------------------------
+    # Service calls here work around a middleware race. A client learns that a service exists
+    # once it has matched the server's endpoints, but the server may not yet have matched the
+    # new client's response reader; Fast DDS then waits 100 ms and drops the response
+    # (ros2/rmw_fastrtps#467). On a loaded 2-core CI machine that wait can pass, and a call
+    # waited 20 s for a state that had been sent. So each client is created once and kept
+    # (its later calls are long matched), queries are sent again when unanswered, and a
+    # transition whose answer was lost is judged by the state it left.
     def client(self, service_type, relative: str) -> Client:
-        return self.node.create_client(service_type, self.name(relative), qos_profile=QoSProfile(
-            depth=100))
+        """The harness's one client for ``relative`` (created on first use, then reused)."""
+        key = (service_type, self.name(relative))
+        with self._clients_lock:
+            if key not in self._clients:
+                self._clients[key] = self.node.create_client(
+                    service_type, key[1], qos_profile=QoSProfile(depth=100)
+                )
+            return self._clients[key]
 
     def result(self, future: Future, timeout: float, what: str):
         done = threading.Event()
@@ -339,30 +364,77 @@ class NarratorHarness:
             raise AssertionError(f"no response to {what} within {timeout} s")
         return future.result()
 
-    def call(self, client: Client, request, timeout: float = 20.0):
+    def call(self, client: Client, request, timeout: float = 20.0, resend_after: float = 0.0):
+        """Call ``client``'s service; with ``resend_after`` > 0 (only for a request that is
+        safe to repeat, a query), send it again whenever that many seconds pass unanswered.
+
+        Raises:
+            AssertionError: the service is not found, or nothing answers within ``timeout`` s.
+        """
         if not client.wait_for_service(timeout_sec=timeout):
             raise AssertionError(f"service {client.srv_name} not available")
-        return self.result(client.call_async(request), timeout, client.srv_name)
+        return self._answered(
+            lambda: client.call_async(request), client.srv_name, timeout, resend_after,
+            forget=client.remove_pending_request,
+        )  # fmt: skip
+
+    def _answered(
+        self,
+        send: Callable[[], Future],
+        what: str,
+        timeout: float,
+        resend_after: float = 0.0,
+        forget: Callable[[Future], None] = Future.cancel,
+    ):
+        """The result of ``send()``'s future, sending again every ``resend_after`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            attempt = min(remaining, resend_after) if resend_after > 0 else remaining
+            future = send()
+            try:
+                return self.result(future, max(attempt, 0.0), what)
+            except AssertionError:
+                forget(future)
+                if attempt >= remaining:
+                    raise AssertionError(f"no response to {what} within {timeout} s") from None
 
     def ask(self, question: str, camera: str = "", timeout: float = 30.0) -> Ask.Response:
-        if not hasattr(self, "_ask_client"):
-            self._ask_client = self.client(Ask, "ask")
-        return self.call(self._ask_client, Ask.Request(question=question, camera=camera), timeout)
+        request = Ask.Request(question=question, camera=camera)
+        return self.call(self.client(Ask, "ask"), request, timeout)
 
     def lifecycle(self, transition_id: int, timeout: float = 30.0) -> bool:
+        """Ask for a lifecycle transition; True if the node reports it done.
+
+        Not sent twice (a repeated transition would be refused); when its answer is lost,
+        the node's state says whether it happened.
+        """
         client = self.client(ChangeState, "narrator/change_state")
         request = ChangeState.Request(transition=Transition(id=transition_id))
-        return self.call(client, request, timeout).success
+        try:
+            return self.call(client, request, timeout).success
+        except AssertionError:
+            state = self.lifecycle_state()
+            if state == TRANSITION_GOALS.get(transition_id):
+                return True
+            raise AssertionError(
+                f"no response to transition {transition_id} within {timeout} s; "
+                f"the node is {state!r}"
+            ) from None
 
     def lifecycle_state(self) -> str:
-        response = self.call(self.client(GetState, "narrator/get_state"), GetState.Request())
+        client = self.client(GetState, "narrator/get_state")
+        response = self.call(client, GetState.Request(), resend_after=2.0)
         return response.current_state.label
 
     def parameter_client(self) -> AsyncParameterClient:
-        client = AsyncParameterClient(self.node, self.name("narrator"))
-        if not client.wait_for_services(timeout_sec=20.0):
-            raise AssertionError("parameter services of the narrator not available")
-        return client
+        """The harness's one parameter client for the narrator (see ``client``)."""
+        if self._parameter_client is None:
+            client = AsyncParameterClient(self.node, self.name("narrator"))
+            if not client.wait_for_services(timeout_sec=20.0):
+                raise AssertionError("parameter services of the narrator not available")
+            self._parameter_client = client
+        return self._parameter_client
 
     def set_parameters(self, parameters: list[Parameter], atomically: bool = False):
         client = self.parameter_client()
@@ -375,7 +447,9 @@ class NarratorHarness:
 
     def get_parameters(self, names: list[str]) -> list:
         client = self.parameter_client()
-        values = self.result(client.get_parameters(names), 20.0, "get_parameters").values
+        values = self._answered(
+            lambda: client.get_parameters(names), "get_parameters", 20.0, resend_after=2.0
+        ).values
         return [Parameter.from_parameter_msg(_named(name, value))
                 for name, value in zip(names, values, strict=True)]
 

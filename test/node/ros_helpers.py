@@ -118,15 +118,26 @@ def spin_until(executor: Executor, condition: Callable[[], bool], timeout: float
     return True
 
 
-def call_service(executor: Executor, client: Client, request, timeout: float):
+def call_service(
+    executor: Executor, client: Client, request, timeout: float, resend_after: float = 0.0
+):
     """Call the service and return the response.
+
+    With ``resend_after`` > 0 (only for a request that is safe to repeat), the request is sent
+    again whenever that many seconds pass unanswered: a client's first response can be lost
+    while the server has not yet discovered it (see ``NarratorHarness.client``).
 
     Raises:
         TimeoutError: no response within ``timeout`` seconds.
     """
-    future: Future = client.call_async(request)
-    executor.spin_until_future_complete(future, timeout_sec=timeout)
-    if not future.done():
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        attempt = min(remaining, resend_after) if resend_after > 0 else remaining
+        future: Future = client.call_async(request)
+        executor.spin_until_future_complete(future, timeout_sec=max(attempt, 0.0))
+        if future.done():
+            return future.result()
         client.remove_pending_request(future)
-        raise TimeoutError(f"no response from {client.srv_name} within {timeout} s")
-    return future.result()
+        if attempt >= remaining:
+            raise TimeoutError(f"no response from {client.srv_name} within {timeout} s")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState, GetState
+from lifecycle_msgs.srv import GetState
 from narrator_harness import NarratorHarness, from_stamp
 from rcl_interfaces.srv import GetParameters
 from ros_helpers import call_service, installed_share, spin_until, wait_for_service
@@ -43,7 +43,8 @@ def test_default_namespace_serves_ask_and_reports_why_it_has_no_model(
     ), f"/svlm/narrator not in the graph: {ros_node.get_node_names_and_namespaces()}"
 
     response = call_service(
-        executor, client, Ask.Request(question="What is in view?"), timeout=10.0
+        executor, client, Ask.Request(question="What is in view?"), timeout=10.0,
+        resend_after=2.0,  # refused without a model: safe to ask again
     )
     assert not response.success
     assert "model not loaded" in response.message and "model_path is empty" in response.message
@@ -80,6 +81,7 @@ def test_parameters_file_applies_under_a_remapped_namespace(
         client,
         GetParameters.Request(names=["default_camera", "camera_names", "fps"]),
         timeout=10.0,
+        resend_after=2.0,
     )
     assert response.values[0].string_value == "front"
     assert list(response.values[1].string_array_value) == []  # YAML [] is an empty list
@@ -137,18 +139,16 @@ def test_lifecycle_by_hand_sim_time_then_sigterm_within_5_s(spawn_node, tiny_mod
     try:
         state_client = harness.client(GetState, "narrator/get_state")
         assert state_client.wait_for_service(timeout_sec=30.0), narrator.describe()
-        assert harness.lifecycle_state() == "unconfigured"
+        assert harness.lifecycle_state() == "unconfigured", narrator.describe()
         refused = harness.ask("Anything?")
         assert not refused.success and "model not loaded" in refused.message
 
         camera = harness.add_feed("camera/image_raw", "camera_frame",
                                   clock_offset=1000.0 - time.time())
         harness.start_feeds(rate=30.0, clock=lambda: camera.now() + 100.0)
-        assert harness.call(
-            harness.client(ChangeState, "narrator/change_state"),
-            ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)),
-            timeout=60.0,
-        ).success, narrator.describe()
+        assert harness.lifecycle(Transition.TRANSITION_CONFIGURE, timeout=60.0), (
+            narrator.describe()
+        )
         assert harness.lifecycle_state() == "inactive"
         assert harness.lifecycle(Transition.TRANSITION_ACTIVATE)
         found = harness.wait_narrations("camera", 2, 60.0)
