@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from engine_helpers import SyntheticCamera, make_loaded, small_config
+from engine_helpers import SyntheticCamera, small_config
 from test_gpu_path import ReplayOnCpu
 
 from svlm_ros.engine.camera_group import CameraGroup
@@ -15,11 +15,6 @@ from svlm_ros.engine.streaming_session import GenerationInterrupted, StreamingSe
 
 SAMPLED = SamplingConfig(temperature=0.9, top_p=0.9, repetition_penalty=1.05, seed=3)
 DUE = [(0, 1, 2)] * 3 + [(0, 2)] + [(0, 1, 2)] * 2 + [(1,)] + [(0, 1, 2)] * 2
-
-
-@pytest.fixture(scope="module")
-def two_layer(tmp_path_factory):
-    return make_loaded(tmp_path_factory.mktemp("models"), layers=2)
 
 
 def _prime(cameras):

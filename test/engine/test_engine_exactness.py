@@ -15,7 +15,6 @@ import torch
 from engine_helpers import (
     SyntheticCamera,
     full_forward_logits,
-    make_loaded,
     small_config,
     stream,
 )
@@ -23,16 +22,6 @@ from engine_helpers import (
 from svlm_ros.engine.streaming_session import StreamingSession
 
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def one_layer(tmp_path_factory):
-    return make_loaded(tmp_path_factory.mktemp("models"), layers=1)
-
-
-@pytest.fixture(scope="module")
-def two_layer(tmp_path_factory):
-    return make_loaded(tmp_path_factory.mktemp("models"), layers=2)
 
 
 def _round_logit_rows(session: StreamingSession) -> list[int]:

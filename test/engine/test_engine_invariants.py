@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from engine_helpers import SyntheticCamera, make_loaded, small_config, stream
+from engine_helpers import SyntheticCamera, small_config, stream
 
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.frame_sampler import FrameRejected
@@ -17,11 +17,6 @@ from svlm_ros.engine.streaming_session import (
     QuestionTooLong,
     StreamingSession,
 )
-
-
-@pytest.fixture(scope="module")
-def two_layer(tmp_path_factory):
-    return make_loaded(tmp_path_factory.mktemp("models"), layers=2)
 
 
 def snapshot(session: StreamingSession):

@@ -37,16 +37,6 @@ SAMPLED = SamplingConfig(temperature=0.9, top_p=0.9, repetition_penalty=1.05, se
 GREEDY = SamplingConfig(temperature=0.0, repetition_penalty=1.05)
 
 
-@pytest.fixture(scope="module")
-def one_layer(tmp_path_factory):
-    return make_loaded(tmp_path_factory.mktemp("models"), layers=1)
-
-
-@pytest.fixture(scope="module")
-def two_layer(tmp_path_factory):
-    return make_loaded(tmp_path_factory.mktemp("models"), layers=2)
-
-
 def _narrate(loaded, decode_path: str, sampling: SamplingConfig, seconds: float = 7.5):
     """A stream with evictions and a question in the middle; texts, last logits, answer."""
     session = StreamingSession(loaded, small_config(window=2, decode_path=decode_path,

@@ -13,7 +13,6 @@ import torch
 from engine_helpers import (
     SyntheticCamera,
     forced_stream_logits,
-    make_loaded,
     small_config,
     stream,
 )
@@ -27,16 +26,6 @@ from svlm_ros.engine.static_prefill import (
     resolve_prefill_path,
 )
 from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
-
-
-@pytest.fixture(scope="module")
-def two_layer(tmp_path_factory):
-    return make_loaded(tmp_path_factory.mktemp("models"), layers=2)
-
-
-@pytest.fixture(scope="module")
-def one_layer(tmp_path_factory):
-    return make_loaded(tmp_path_factory.mktemp("models"), layers=1)
 
 
 def _narrate(loaded, prefill_path: str, decode_path: str = "eager",
