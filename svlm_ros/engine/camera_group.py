@@ -26,12 +26,9 @@ from svlm_ros.engine.frame_sampler import SecondOfFrames
 from svlm_ros.engine.kv_cache import CacheOverflowError
 from svlm_ros.engine.model_loading import LoadedModel
 from svlm_ros.engine.static_decode import _CudaGraph, decode_step, uses_float_mask
-from svlm_ros.engine.streaming_session import (
-    GenerationInterrupted,
-    RoundResult,
-    StreamConfig,
-    StreamingSession,
-)
+from svlm_ros.engine.stream_config import RoundResult, StreamConfig
+from svlm_ros.engine.streaming_session import StreamingSession
+from svlm_ros.engine.turn_decoding import DecodedTurn
 
 
 class CameraGroup:
@@ -81,7 +78,7 @@ class CameraGroup:
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         if self.storage is None:
             needed = session.cache_bytes() * self.cameras
-            free = session._free_memory()
+            free = session.free_memory()
             if needed > free:
                 raise ValueError(
                     f"the KV caches of {self.cameras} cameras need {needed / 2**30:.2f} GiB "
@@ -140,56 +137,49 @@ class CameraGroup:
             raise ValueError(f"need one entry per camera ({self.cameras}), got {len(seconds)}")
         due = [index for index, second in enumerate(seconds) if second is not None]
         for index in due:  # before any camera evicts: an interrupted group changes nothing
-            self.sessions[index]._raise_if_interrupted()
+            self.sessions[index].check_interrupted()
         opened = {}
         try:
             for index in due:
-                opened[index] = self.sessions[index]._open_round(seconds[index], None)
-            outcome = self._decode_together(opened)
+                opened[index] = self.sessions[index].open_round(seconds[index])
+            turns = self._decode_together(opened)
         except BaseException:
             for index, state in opened.items():
-                self.sessions[index]._rollback_round(state)
+                self.sessions[index].rollback_round(state)
             raise
         results: list[RoundResult | None] = [None] * self.cameras
         for index, state in opened.items():
-            generated, unfed, recorded = outcome[index]
-            results[index] = self.sessions[index]._close_round(state, generated, unfed,
-                                                               recorded)
+            results[index] = self.sessions[index].close_round(state, turns[index])
         return results
 
-    def _decode_together(self, opened: dict) -> dict:
-        """``_generate_on_device`` for several sessions at once; one host sync per step."""
+    def _decode_together(self, opened: dict) -> dict[int, DecodedTurn]:
+        """``turn_decoding.decode_turn`` for several sessions at once, each by its own
+        ``stop_rule``; one host sync per step."""
         sessions = self.sessions
         logits = {index: state.logits for index, state in opened.items()}
-        generated = {index: [] for index in opened}
-        recorded = {index: ([state.logits.detach().float().cpu()]
-                            if sessions[index].record_logits else [])
-                    for index, state in opened.items()}
-        outcome = {}
+        turns = {index: DecodedTurn(logits=[state.logits.detach().float().cpu()]
+                                    if sessions[index].record_logits else [])
+                 for index, state in opened.items()}
+        done: set[int] = set()
         for index in opened:
             sessions[index].chooser.start(sessions[index].policy.token_ids)
         dummy = torch.zeros(1, dtype=torch.long, device=self.device)
         while True:
-            active = [index for index in opened if index not in outcome]
+            active = [index for index in opened if index not in done]
             for index in active:
-                if sessions[index]._interrupt.is_set():
-                    raise GenerationInterrupted("generation interrupted")
+                sessions[index].check_interrupted()
             chosen = {index: sessions[index].chooser.choose(logits[index]) for index in active}
             ids = torch.cat(list(chosen.values())).tolist() if chosen else []  # the one sync
             feeding = {}
             for index, token_id in zip(chosen, ids, strict=True):
-                session = sessions[index]
-                budget = session.config.max_new_tokens
-                if token_id == session.format.end_of_turn_id:
-                    outcome[index] = (generated[index], [], recorded[index])
-                    continue
-                generated[index].append(token_id)
-                if len(generated[index]) >= budget or session._ends_with_marker(generated[index]):
-                    outcome[index] = (generated[index], [token_id], recorded[index])
-                    continue
-                feeding[index] = token_id
+                turn = turns[index]
+                decision = sessions[index].stop_rule.decide(len(turn.text_ids), token_id)
+                if turn.take(token_id, decision):
+                    done.add(index)
+                else:
+                    feeding[index] = token_id
             if not feeding:
-                return outcome
+                return turns
             tokens, positions, slots = [], [], []
             for index, session in enumerate(sessions):
                 if session.cache.length >= session.cache.capacity:
@@ -215,4 +205,4 @@ class CameraGroup:
                                       rendered.positions)
                 logits[index] = batch_logits[index]
                 if session.record_logits:
-                    recorded[index].append(batch_logits[index].detach().float().cpu())
+                    turns[index].logits.append(batch_logits[index].detach().float().cpu())

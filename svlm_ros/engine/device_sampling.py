@@ -8,8 +8,8 @@ path), and the chosen id stays a device tensor that is fed straight to the next 
 
 What is guaranteed (and tested): for the same logits, greedy choice is the same token; sampled
 choice computes bit-identical probabilities (the same float32 operations in the same order:
-banned ids, penalty, temperature, top-p) and draws with ``torch.multinomial`` from a generator
-on the same device seeded the same way, so the same seed gives the same tokens as the
+banned ids, penalty, temperature, top-k, top-p) and draws with ``torch.multinomial`` from a
+generator on the same device seeded the same way, so the same seed gives the same tokens as the
 reference, on the same device. Across devices (CPU vs CUDA) random streams differ by design.
 """
 
@@ -32,7 +32,7 @@ class DeviceTokenChooser:
 
     def __init__(self, config: SamplingConfig, device: torch.device, vocab_size: int,
                  banned_ids: list[int] | tuple[int, ...] = ()):
-        self.config = config
+        self.config = config.resolved()
         self.device = device
         self.vocab_size = vocab_size
         banned = torch.zeros(vocab_size, dtype=torch.bool)
@@ -74,6 +74,10 @@ class DeviceTokenChooser:
         if cfg.greedy:
             return scores
         scores = scores / cfg.temperature
+        if 0 < cfg.top_k < scores.numel():
+            # transformers' TopKLogitsWarper: keep the scores at least as large as the k-th.
+            kth = torch.topk(scores, cfg.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
         if cfg.top_p < 1.0:
             # transformers' TopPLogitsWarper: drop the least likely tokens whose cumulative
             # probability (ascending) stays within 1 - top_p; the most likely is always kept.

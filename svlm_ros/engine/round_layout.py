@@ -6,17 +6,19 @@ model, only the prompt format and two numbers of the model config, so the stream
 (one round at a time, into its cache) and the SFT chunker (a whole chunk at once, for full
 attention) render the very same tokens at the very same positions.
 
-A stream in the cache reads::
+A stream in the cache reads (the format is ``prompt_format.py``'s)::
 
-    [sink][previous text][round][round]...        (a question and answer, only while asked)
+    [sink][previous text][previous-text close][round][round]...   (an asked question and its
+                                                                  answer, only while asked)
 
-and one round::
+where the sink is the system turn and the ``previous text`` turn's opening, and one round is::
 
-    time:              <|im_start|>user\\n Time=12.0-13.0s      (no turn opening on round 1:
-                                                                the sink opened it)
+    time:              <|im_start|>user\\n Time=12.0-13.0s
+    question:          " {question}"                       (only a round asked a question)
     video:             <|vision_start|> <|video_pad|> x N <|vision_end|>
+    instruction:       the task instruction                (only the stream's first round)
     assistant_header:  <|im_end|>\\n<|im_start|>assistant\\n
-    assistant:         the narration words and the " ..." end marker
+    assistant:         [answer\\n] the words and the " ..." end marker
     close:             <|im_end|>\\n
 
 Positions: text tokens take one position each, the same on all three axes, counting on from
@@ -40,7 +42,9 @@ from svlm_ros.engine.prompt_format import PromptFormat
 
 SINK = "sink"
 PREVIOUS_TEXT = "previous_text"
+PREVIOUS_TEXT_CLOSE = "previous_text_close"
 TIME = "time"
+INSTRUCTION = "instruction"
 VIDEO = "video"
 ASSISTANT_HEADER = "assistant_header"
 ASSISTANT = "assistant"
@@ -92,8 +96,9 @@ class RoundContent:
         start, end: Stream time (s) of the period; they make the time text.
         grid: The video block's shape.
         assistant_ids: The narration as the model produced (or must learn to produce) it:
-            words and end marker, without the turn close.
-        first: The stream's first round, which follows the sink without a turn opening.
+            [answer and newline,] words and end marker, without the turn close.
+        first: The stream's first round, which carries the instruction after its video.
+        question: A question asked in this second ('' for none): it follows the time text.
     """
 
     start: float
@@ -101,6 +106,7 @@ class RoundContent:
     grid: VideoGrid
     assistant_ids: Sequence[int] = ()
     first: bool = False
+    question: str = ""
 
 
 @dataclass
@@ -192,11 +198,14 @@ class RoundLayout:
         self.merge = spatial_merge_size
         self.tokens_per_second = tokens_per_second
         fmt = prompt_format
-        self._user_open = fmt.encode("<|im_start|>user\n")
+        self._user_open = fmt.user_open_ids()
         self._vision_start = fmt.token_id("<|vision_start|>")
         self._vision_end = fmt.token_id("<|vision_end|>")
-        self._assistant_header = fmt.encode("<|im_end|>\n<|im_start|>assistant\n")
+        self._assistant_header = fmt.assistant_header_ids()
+        self._instruction = fmt.instruction_ids()
         self.sink_ids = fmt.sink_ids()
+        self.initial_previous_text_ids = fmt.initial_previous_text_ids()
+        self.previous_text_close_ids = fmt.previous_text_close_ids()
         self.close_ids = fmt.close_ids()
 
     @classmethod
@@ -218,6 +227,12 @@ class RoundLayout:
         """Tokens of a later round's prompt besides time text and video pads."""
         return len(self._user_open) + 2 + len(self._assistant_header)
 
+    def head_tokens(self) -> int:
+        """Tokens that come with the stream's first round besides its prompt: the sink, the
+        initial previous text, the previous-text close and the instruction."""
+        return (len(self.sink_ids) + len(self.initial_previous_text_ids)
+                + len(self.previous_text_close_ids) + len(self._instruction))
+
     def video_positions(self, grid: VideoGrid, position: int) -> torch.Tensor:
         """``(3, t*h*w)`` positions of a video block whose first token sits at ``position``."""
         t, h, w = grid.merged(self.merge)
@@ -227,28 +242,33 @@ class RoundLayout:
         w_index = torch.arange(w).view(1, 1, -1).expand(t, h, w)
         return torch.stack([t_index.flatten(), h_index.flatten(), w_index.flatten()]) + position
 
-    def render_sink(self) -> RenderedTokens:
-        """System prompt and instruction, at positions 0, 1, ..."""
+    def render_head(self, previous_text_ids: Sequence[int] | None = None) -> RenderedTokens:
+        """The stream's head at positions 0, 1, ...: the sink, the ``previous text`` (already
+        cut to the text windows; default: the initial previous text) and its close."""
+        if previous_text_ids is None:
+            previous_text_ids = self.initial_previous_text_ids
         builder = _Builder(0)
         builder.text(SINK, self.sink_ids)
-        return builder.rendered
-
-    def render_previous_text(self, ids: Sequence[int], position: int) -> RenderedTokens:
-        """The ``previous text`` block (already cut to the text windows) at ``position``."""
-        builder = _Builder(position)
-        builder.text(PREVIOUS_TEXT, ids)
+        builder.text(PREVIOUS_TEXT, previous_text_ids)
+        builder.text(PREVIOUS_TEXT_CLOSE, self.previous_text_close_ids)
         return builder.rendered
 
     def render_prompt(self, start: float, end: float, grid: VideoGrid, position: int, *,
-                      first: bool) -> RenderedTokens:
-        """A round's user turn up to the assistant header (no sink), at ``position``."""
+                      first: bool, question: str = "") -> RenderedTokens:
+        """A round's user turn up to the assistant header, at ``position``.
+
+        ``first`` adds the instruction after the video; ``question`` follows the time text.
+        """
         builder = _Builder(position)
-        opening = [] if first else self._user_open
-        builder.text(TIME, opening + self.format.encode_time(start, end))
+        builder.text(TIME, self._user_open + self.format.encode_time(start, end))
+        if question:
+            builder.text(QUESTION, self.format.question_ids(question))
         builder.text(VIDEO, [self._vision_start])
         video_ids = [self.format.video_pad_id] * self.video_tokens(grid)
         builder.block(VIDEO, video_ids, self.video_positions(grid, builder.position))
         builder.text(VIDEO, [self._vision_end])
+        if first:
+            builder.text(INSTRUCTION, self._instruction)
         builder.text(ASSISTANT_HEADER, self._assistant_header)
         return builder.rendered
 
@@ -264,31 +284,36 @@ class RoundLayout:
         return RenderedTokens([token], torch.full((3, 1), position, dtype=torch.long),
                               [Span(ASSISTANT, 0, 1)])
 
-    def render_question(self, question: str, position: int) -> RenderedTokens:
-        """A user question as its own turn, up to the assistant header, at ``position``."""
+    def render_question(self, question: str, start: float, end: float,
+                        position: int) -> RenderedTokens:
+        """A question asked between seconds (``ask``): a user turn of the time text of the
+        period ``start``-``end`` and the question, without video, up to the assistant header.
+        """
         builder = _Builder(position)
-        builder.text(QUESTION, self.format.question_ids(question))
+        builder.text(QUESTION, self._user_open + self.format.encode_time(start, end)
+                     + self.format.question_ids(question))
+        builder.text(ASSISTANT_HEADER, self._assistant_header)
         return builder.rendered
 
     # ----- whole stretches ----------------------------------------------------------------
     def render_round(self, content: RoundContent, position: int) -> RenderedTokens:
         """One complete round (prompt, assistant words, close) at ``position``."""
         rendered = self.render_prompt(content.start, content.end, content.grid, position,
-                                      first=content.first)
+                                      first=content.first, question=content.question)
         return rendered.extend(self.render_assistant(content.assistant_ids,
                                                      rendered.next_position))
 
     def render_stream(self, rounds: Sequence[RoundContent],
-                      previous_text_ids: Sequence[int] = ()) -> RenderedTokens:
-        """The sink, the previous text and whole rounds, as a bounded cache holds them.
+                      previous_text_ids: Sequence[int] | None = None) -> RenderedTokens:
+        """The head and whole rounds, as a bounded cache holds them.
 
         ``previous_text_ids`` must already be cut to the text windows
-        (``cache_policy.cut_previous_text``); only the stream's first round may have ``first``.
+        (``cache_policy.cut_previous_text``; default: the initial previous text); only the
+        stream's first round may have ``first``.
         """
-        rendered = self.render_sink()
-        rendered.extend(self.render_previous_text(previous_text_ids, rendered.next_position))
+        rendered = self.render_head(previous_text_ids)
         for index, content in enumerate(rounds):
-            if content.first and (index or previous_text_ids):
-                raise ValueError("only a round directly after the sink can be the first round")
+            if content.first and index:
+                raise ValueError("only a round directly after the head can be the first round")
             rendered.extend(self.render_round(content, rendered.next_position))
         return rendered

@@ -12,162 +12,43 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from svlm_ros.engine.attention import sdpa_kernels
-from svlm_ros.engine.cache_policy import CachePolicyConfig, EvictionPlan, StreamingCachePolicy
+from svlm_ros.engine.cache_policy import EvictionPlan, StreamingCachePolicy
 from svlm_ros.engine.decoding import SamplingConfig, TokenChooser
 from svlm_ros.engine.device_sampling import DeviceTokenChooser
 from svlm_ros.engine.frame_sampler import MAX_STREAM_SECONDS, FrameSampler, SecondOfFrames
 from svlm_ros.engine.kv_cache import BoundedKVCache
 from svlm_ros.engine.model_loading import LoadedModel
-from svlm_ros.engine.prompt_format import (
-    DEFAULT_INSTRUCTION,
-    DEFAULT_SYSTEM_PROMPT,
-    END_MARKER,
-    PromptFormat,
-    clean_narration,
-    time_text,
-)
+from svlm_ros.engine.prompt_format import PromptFormat, clean_narration, split_answer, time_text
 from svlm_ros.engine.rotary_shift import rotary_inverse_frequencies
 from svlm_ros.engine.round_layout import RenderedTokens, RoundLayout, VideoGrid
-from svlm_ros.engine.static_decode import (
-    DECODE_PATHS,
-    GraphedDecoder,
-    StaticDecoder,
-    resolve_decode_path,
+from svlm_ros.engine.static_decode import GraphedDecoder, StaticDecoder, resolve_decode_path
+from svlm_ros.engine.static_prefill import StaticPrefiller, padded_length, resolve_prefill_path
+from svlm_ros.engine.stop_rule import StopRule, end_ids_from, newline_token_ids
+from svlm_ros.engine.stream_config import (
+    CAPACITY_ALIGNMENT,
+    Answer,
+    GenerationInterrupted,
+    QuestionTooLong,
+    RoundResult,
+    StreamConfig,
 )
-from svlm_ros.engine.static_prefill import (
-    PREFILL_PATHS,
-    StaticPrefiller,
-    padded_length,
-    resolve_prefill_path,
-)
+from svlm_ros.engine.turn_decoding import DecodedTurn, decode_turn
 from svlm_ros.engine.vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
 
-#: The cache capacity is a multiple of this many tokens (see ``_compute_bound``).
-CAPACITY_ALIGNMENT = 16
-
-
-class GenerationInterrupted(RuntimeError):
-    """``interrupt()`` was called while a round or an answer was being generated."""
-
-
-class QuestionTooLong(ValueError):
-    """The question does not fit the tokens reserved for questions."""
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """Everything that shapes a stream. Defaults follow StreamingVLM.
-
-    Attributes:
-        fps: Frames per second of stream time given to the model.
-        period: Seconds of stream per round (one narration per period).
-        max_pixels: Pixel budget per frame (602,112 = 768 tokens per temporal patch).
-        min_pixels: Smallest frame area; smaller frames are upscaled.
-        max_new_tokens: Most tokens generated per round.
-        system_prompt: System turn, part of the attention sink.
-        instruction: Task instruction of the first user turn, part of the attention sink.
-        cache: Sink and window sizes.
-        sampling: Token choice for narration.
-        max_question_tokens: Longest question ``ask`` accepts (tokens, framing included).
-        max_answer_tokens: Most tokens an answer may have.
-        max_pending_seconds: Completed seconds queued before the oldest is dropped.
-        decode_path: How tokens are decoded (``static_decode.py``): ``eager`` (the model's
-            forward over the live cache, host-side token choice), ``static`` (one fixed-shape
-            step over the whole preallocated cache, token choice on the device), ``graphed``
-            (that step as one CUDA graph per session; CUDA only), ``compiled`` (the step
-            through ``torch.compile``: inductor, with CUDA graphs on CUDA) or ``auto``
-            (``graphed`` on CUDA, ``eager`` on the CPU).
-        preprocess_on_device: Upload frames as uint8 and resize, normalize and patchify them on
-            the model's device (``vision_input.py``); None: on CUDA yes, on the CPU no (OpenCV).
-        compile_vision: Run the vision encoder through ``torch.compile`` (one compile per frame
-            size). Off by default: on an H100 the team measured the compiled 7B encoder slower
-            than the eager one with one-call window attention (189 ms against 110 ms a round);
-            ``svlm-bench --compile-vision`` measures it on your GPU.
-        prefill_path: How a round's prompt goes through the language model
-            (``static_prefill.py``): ``eager`` (the model's forward over the live cache),
-            ``static`` (the prompt padded to a bucket, one fixed-shape pass over the whole
-            preallocated cache) or ``compiled`` (that pass through ``torch.compile``: one
-            compile per bucket, no recompiling as the cache fills). Questions and turn closes
-            always run eagerly (a few tokens).
-    """
-
-    fps: float = 2.0
-    period: float = 1.0
-    max_pixels: int = 602112
-    min_pixels: int = 78400
-    max_new_tokens: int = 20
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    instruction: str = DEFAULT_INSTRUCTION
-    cache: CachePolicyConfig = field(default_factory=CachePolicyConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    max_question_tokens: int = 256
-    max_answer_tokens: int = 64
-    max_pending_seconds: int = 4
-    decode_path: str = "auto"
-    preprocess_on_device: bool | None = None
-    compile_vision: bool = False
-    prefill_path: str = "eager"
-
-    def __post_init__(self):
-        if self.decode_path not in DECODE_PATHS:
-            raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {self.decode_path!r}")
-        if self.prefill_path not in PREFILL_PATHS:
-            raise ValueError(
-                f"prefill_path must be one of {PREFILL_PATHS}, got {self.prefill_path!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.max_question_tokens < 1 or self.max_answer_tokens < 1:
-            raise ValueError("max_question_tokens and max_answer_tokens must be >= 1")
-        if self.min_pixels < PATCH_FACTOR**2 or self.max_pixels < self.min_pixels:
-            raise ValueError(
-                f"need {PATCH_FACTOR**2} <= min_pixels <= max_pixels, "
-                f"got {self.min_pixels}, {self.max_pixels}"
-            )
+__all__ = ["Answer", "GenerationInterrupted", "QuestionTooLong", "RoundResult", "StreamConfig",
+           "StreamingSession", "OpenRound"]
 
 
 @dataclass
-class RoundResult:
-    """What one round produced.
-
-    Attributes:
-        start, end: Stream time (s) of the narrated period.
-        end_stamp: Camera-clock stamp (s) of the end of the period.
-        text: The narration with the end marker removed ('' when silent).
-        silent: Nothing new this period.
-        generated_tokens: Tokens generated (the marker included).
-        cache_tokens: Tokens held after the round.
-        evicted_tokens: Tokens evicted before the round.
-        frames_received: Distinct frames sampled in the period.
-        vision_tokens: Video tokens of the round.
-        timings_ms: ``preprocess``, ``evict``, ``vision`` (the vision encoder), ``prefill``
-            (the language model over the new prompt), ``decode`` (tokens and turn close),
-            ``total`` milliseconds. On CUDA they are launch times unless the session's
-            ``sync_timings`` is set (the benchmark sets it).
-    """
-
-    start: float
-    end: float
-    end_stamp: float
-    text: str
-    silent: bool
-    generated_tokens: int
-    cache_tokens: int
-    evicted_tokens: int
-    frames_received: int
-    vision_tokens: int
-    timings_ms: dict[str, float]
-
-
-@dataclass
-class _OpenRound:
+class OpenRound:
     """A round between its prefill and its turn close (``run_round``'s and ``CameraGroup``'s
-    shared steps)."""
+    shared steps: ``open_round``, a decode, ``close_round`` or ``rollback_round``)."""
 
     second: SecondOfFrames
     video: VideoBlock
@@ -179,16 +60,7 @@ class _OpenRound:
     t2: float
     t3: float = 0.0
     t_vision: float = 0.0
-
-
-@dataclass
-class Answer:
-    """An answer from ``ask``; the stream's cache is unchanged by it."""
-
-    text: str
-    question_tokens: int
-    answer_tokens: int
-    latency: float
+    question: str = ""
 
 
 class StreamingSession:
@@ -211,7 +83,8 @@ class StreamingSession:
         self.model = loaded.model
         self.device = loaded.device
         cfg = self.config
-        self.format = PromptFormat(loaded.tokenizer, cfg.system_prompt, cfg.instruction)
+        self.format = PromptFormat(loaded.tokenizer, cfg.system_prompt, cfg.instruction,
+                                   cfg.previous_text)
         self.layout = RoundLayout.for_model_config(self.format, self.model.config)
         on_device = (cfg.preprocess_on_device if cfg.preprocess_on_device is not None
                      else self.device.type == "cuda")
@@ -226,8 +99,20 @@ class StreamingSession:
                 f"multiple of the temporal patch size {self.vision.temporal_patch}"
             )
         self.inverse_frequencies = rotary_inverse_frequencies(self.model)
-        self._sink_ids = self.layout.sink_ids
         self._close_ids = self.layout.close_ids
+        generation_config = getattr(self.model, "generation_config", None)
+        #: The narration sampling in use: the configured one, completed from the checkpoint's
+        #: generation config as ``generate`` completes it.
+        self.sampling = cfg.sampling.resolved(generation_config)
+        never = self.format.never_generated_ids()
+        end_ids = end_ids_from(generation_config, self.format.end_of_turn_id, never)
+        #: When a narrated second's turn ends, and when an answer's does.
+        self.stop_rule = StopRule(cfg.max_new_tokens, self.format.end_of_turn_id, end_ids)
+        self.answer_stop_rule = StopRule(cfg.max_answer_tokens, self.format.end_of_turn_id,
+                                         end_ids, newline_token_ids(loaded.tokenizer))
+        # StreamingVLM moves an evicted second's text to the previous text without its last
+        # tokens, which are the end marker's when the model ended the second with it.
+        self._marker_tokens = len(self.format.end_marker_ids())
         self.bound = self._compute_bound()
         self.cache = cache_factory(self) if cache_factory else self._make_cache()
         self.record_logits = record_logits
@@ -247,17 +132,20 @@ class StreamingSession:
         self.prefiller = (
             None if self.prefill_path == "eager"
             else StaticPrefiller(self.model, self.cache, compiled=self.prefill_path == "compiled"))
-        banned = self.format.never_generated_ids()
+        # <|endoftext|> ends a turn where the checkpoint lists it; elsewhere it is never text.
+        end_of_text = self.format.end_of_text_id()
+        banned = never + ([end_of_text] if end_of_text is not None
+                          and end_of_text not in end_ids else [])
         # Answers are greedy: a question should get the same answer from the same memory.
         answer_sampling = SamplingConfig(temperature=0.0,
                                          repetition_penalty=cfg.sampling.repetition_penalty)
         if self.decode_path == "eager":
-            self.chooser = TokenChooser(cfg.sampling, self.device, banned)
+            self.chooser = TokenChooser(self.sampling, self.device, banned)
             self.answer_chooser = TokenChooser(answer_sampling, self.device, banned)
             self.static_decoder = None
         else:
             vocab = self.model.lm_head.out_features
-            self.chooser = DeviceTokenChooser(cfg.sampling, self.device, vocab, banned)
+            self.chooser = DeviceTokenChooser(self.sampling, self.device, vocab, banned)
             self.answer_chooser = DeviceTokenChooser(answer_sampling, self.device, vocab, banned)
             self.static_decoder = (
                 GraphedDecoder(self.model, self.cache) if self.decode_path == "graphed"
@@ -267,7 +155,8 @@ class StreamingSession:
 
     # ----- sizes ---------------------------------------------------------------------------
     def _round_tokens(self, vision_tokens_per_patch: int, last_end_time: float) -> int:
-        """Largest round: framing, longest time text up to ``last_end_time``, video, words."""
+        """Largest later round: framing, longest time text up to ``last_end_time``, video,
+        words."""
         frames = self.sampler.frames_per_round
         vision_tokens = (frames // self.vision.temporal_patch) * vision_tokens_per_patch
         longest_time = len(self.format.encode(time_text(last_end_time - self.config.period,
@@ -281,12 +170,13 @@ class StreamingSession:
         attend over the whole capacity, and CUDA's memory-efficient attention wants the key
         length of a mask aligned; unaligned, every layer pads the mask again)."""
         policy = StreamingCachePolicy(self.config.cache)
-        ask_room = (
-            self.config.max_question_tokens + self.config.max_answer_tokens + len(self._close_ids)
-        )
+        # An asked question and its answer, and one question held in the window (a question
+        # asked in a second stays in the stream with it).
+        ask_room = (2 * self.config.max_question_tokens + self.config.max_answer_tokens
+                    + len(self._close_ids))
         most_vision = self.config.max_pixels // (PATCH_FACTOR * PATCH_FACTOR)
         round_tokens = self._round_tokens(most_vision, MAX_STREAM_SECONDS)
-        bound = policy.bound(len(self._sink_ids), round_tokens, ask_room)
+        bound = policy.bound(self.layout.head_tokens(), round_tokens, ask_room)
         return padded_length(bound, CAPACITY_ALIGNMENT)
 
     def stream_bound(self, frame_height: int, frame_width: int, stream_seconds: float) -> int:
@@ -303,7 +193,8 @@ class StreamingSession:
         # The longest time stamp of the stream has the most digits: that of its last second.
         last_end = max(self.config.period, stream_seconds)
         round_tokens = self._round_tokens(vision_tokens, last_end)
-        return StreamingCachePolicy(self.config.cache).bound(len(self._sink_ids), round_tokens)
+        return StreamingCachePolicy(self.config.cache).bound(self.layout.head_tokens(),
+                                                             round_tokens)
 
     @property
     def pristine_keys(self) -> bool:
@@ -320,7 +211,7 @@ class StreamingSession:
         per_token = text.num_hidden_layers * buffers * text.num_key_value_heads * head_dim
         return self.bound * per_token * torch.finfo(self.loaded.dtype).bits // 8
 
-    def _free_memory(self) -> int:
+    def free_memory(self) -> int:
         """Bytes free now where the cache goes: device memory on CUDA, available RAM on the CPU
         (not the total: the weights, other sessions and other processes hold the rest)."""
         if self.device.type == "cuda":
@@ -333,7 +224,7 @@ class StreamingSession:
     def _make_cache(self) -> BoundedKVCache:
         """The one cache of this session, checked against free memory and allocated now."""
         needed = self.cache_bytes()
-        free = self._free_memory()
+        free = self.free_memory()
         if needed > free:
             raise ValueError(
                 f"the KV cache for these settings needs {needed / 2**30:.2f} GiB "
@@ -397,7 +288,8 @@ class StreamingSession:
         """``interrupt()`` was called and ``resume()`` not since."""
         return self._interrupt.is_set()
 
-    def _raise_if_interrupted(self) -> None:
+    def check_interrupted(self) -> None:
+        """Raise ``GenerationInterrupted`` if ``interrupt()`` was called (and not resumed)."""
         if self._interrupt.is_set():
             raise GenerationInterrupted("the session was interrupted; resume() re-arms it")
 
@@ -468,86 +360,6 @@ class StreamingSession:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _generate(self, logits: torch.Tensor, budget: int, chooser: TokenChooser,
-                  stop_on_marker: bool, forced: list[int] | None = None,
-                  ) -> tuple[list[int], list[int], list[torch.Tensor]]:
-        """Decode up to ``budget`` tokens (or feed ``forced`` ones: teacher forcing).
-
-        Returns:
-            ``(generated, unfed, recorded logits)``: ``unfed`` is the tail of ``generated``
-            (the last token, or nothing when the model ended its turn) not yet in the cache.
-        """
-        if self.static_decoder is not None:
-            return self._generate_on_device(logits, budget, chooser, stop_on_marker, forced)
-        generated: list[int] = []
-        recorded = [logits.detach().float().cpu()] if self.record_logits else []
-        eos = self.format.end_of_turn_id
-        context = self.policy.token_ids
-        while True:
-            if self._interrupt.is_set():
-                raise GenerationInterrupted("generation interrupted")
-            if forced is not None:
-                token = forced[len(generated)]
-            else:
-                token = chooser.choose(
-                    logits, torch.cat([context, torch.tensor(generated, dtype=torch.long)])
-                )
-            if token == eos:
-                return generated, [], recorded
-            generated.append(token)
-            if len(generated) >= budget or (forced is not None and len(generated) == len(forced)):
-                return generated, [token], recorded
-            if forced is None and stop_on_marker and self._ends_with_marker(generated):
-                return generated, [token], recorded
-            logits = self._forward_rendered(
-                self.layout.render_generated(token, self.policy.next_position)
-            )
-            if self.record_logits:
-                recorded.append(logits.detach().float().cpu())
-
-    def _generate_on_device(self, logits: torch.Tensor, budget: int,
-                            chooser: DeviceTokenChooser, stop_on_marker: bool,
-                            forced: list[int] | None = None,
-                            ) -> tuple[list[int], list[int], list[torch.Tensor]]:
-        """``_generate`` with fixed-shape decode steps and token choice on the device.
-
-        The same stop rules and bookkeeping; the one wait for the device per token is reading
-        the chosen id, which the stop rules (end of turn, end marker) and the host-side policy
-        need anyway.
-        """
-        generated: list[int] = []
-        recorded = [logits.detach().float().cpu()] if self.record_logits else []
-        eos = self.format.end_of_turn_id
-        chooser.start(self.policy.token_ids)
-        while True:
-            if self._interrupt.is_set():
-                raise GenerationInterrupted("generation interrupted")
-            if forced is not None:
-                token_id = forced[len(generated)]
-                token = torch.full((1,), token_id, dtype=torch.long, device=self.device)
-                chooser.mark_seen(token)
-            else:
-                token = chooser.choose(logits)
-                token_id = int(token)  # the one host sync per token
-            if token_id == eos:
-                return generated, [], recorded
-            generated.append(token_id)
-            if len(generated) >= budget or (forced is not None and len(generated) == len(forced)):
-                return generated, [token_id], recorded
-            if forced is None and stop_on_marker and self._ends_with_marker(generated):
-                return generated, [token_id], recorded
-            rendered = self.layout.render_generated(token_id, self.policy.next_position)
-            position = torch.full((1,), int(rendered.positions[0, 0]), dtype=torch.long,
-                                  device=self.device)
-            with sdpa_kernels(self.device):
-                logits = self.static_decoder.step(token, position)
-            self.policy.append(torch.tensor(rendered.ids, dtype=torch.long), rendered.positions)
-            if self.record_logits:
-                recorded.append(logits.detach().float().cpu())
-
-    def _ends_with_marker(self, generated: list[int]) -> bool:
-        return self.format.tokenizer.decode(generated[-3:]).endswith(END_MARKER.strip())
-
     def _apply_eviction(self, plan: EvictionPlan) -> None:
         """Squeeze evicted tokens out of the cache and rotate the moved keys."""
         if plan.evicted_tokens:
@@ -557,12 +369,17 @@ class StreamingSession:
         """Feed a new round's prompt (only the new second goes through the vision encoder)."""
         return self._forward(prompt.ids, prompt.positions, video)
 
-    def _forward_rendered(self, rendered: RenderedTokens) -> torch.Tensor:
+    def feed(self, rendered: RenderedTokens) -> torch.Tensor:
+        """Append rendered text tokens to the cache; return the last logits."""
         return self._forward(rendered.ids, rendered.positions)
 
+    def decode(self, logits: torch.Tensor, forced: list[int] | None = None) -> DecodedTurn:
+        """Decode the open round's narration (``turn_decoding.decode_turn``)."""
+        return decode_turn(self, logits, self.stop_rule, self.chooser, forced)
+
     @torch.inference_mode()
-    def run_round(self, second: SecondOfFrames, forced_ids: list[int] | None = None
-                  ) -> RoundResult:
+    def run_round(self, second: SecondOfFrames, forced_ids: list[int] | None = None, *,
+                  question: str = "") -> RoundResult:
         """Narrate one period: evict, prefill its time text and video, generate, close the turn.
 
         Args:
@@ -570,25 +387,33 @@ class StreamingSession:
             forced_ids: Teacher forcing: feed these assistant tokens (words and end marker,
                 at most ``max_new_tokens``) instead of choosing them; used to check that the
                 stream holds exactly what ``RoundLayout`` renders.
+            question: A question asked in this second, as StreamingVLM was trained to take
+                one: after the time text, before the video; it stays in the stream, and the
+                answer comes first in the second's text (``RoundResult.answer``).
         """
-        state = self._open_round(second, forced_ids)
+        state = self.open_round(second, forced_ids, question=question)
         try:
-            generated, unfed, recorded = self._generate(
-                state.logits, self.config.max_new_tokens, self.chooser, stop_on_marker=True,
-                forced=forced_ids,
-            )
+            turn = self.decode(state.logits, forced_ids)
         except BaseException:
-            self._rollback_round(state)
+            self.rollback_round(state)
             raise
-        return self._close_round(state, generated, unfed, recorded)
+        return self.close_round(state, turn)
 
-    def _open_round(self, second: SecondOfFrames, forced_ids: list[int] | None) -> _OpenRound:
+    def open_round(self, second: SecondOfFrames, forced_ids: list[int] | None = None, *,
+                   question: str = "") -> OpenRound:
         """A round up to its first logits: prepare the frames, evict, prefill the prompt."""
         if forced_ids is not None and not 0 < len(forced_ids) <= self.config.max_new_tokens:
             raise ValueError(
                 f"forced_ids must hold 1 to max_new_tokens={self.config.max_new_tokens} tokens"
             )
-        self._raise_if_interrupted()
+        question = question.strip()
+        question_tokens = len(self._check_question(question)) if question else 0
+        if question and any(span.question_tokens for span in
+                            self.policy.rounds[self.policy.rounds_to_evict(1):]):
+            # The cache has room for one question held in the window (besides an ask).
+            raise ValueError("a question asked in an earlier second is still in the vision "
+                             "window; ask() answers without holding the question")
+        self.check_interrupted()
         t0 = self._clock()
         if second.epoch != self._memory_epoch:
             # The camera clock went back and the sampler restarted the stream: what the cache
@@ -609,48 +434,58 @@ class StreamingSession:
             self._clear_memory(self._memory_epoch)
             raise
         t2 = self._clock()
+        layout, head_tokens = self.layout, 0
         if first:
-            # The sink and the first round go through the model in one forward pass.
-            self.policy.mark_sink(len(self._sink_ids))
-            prompt = self.layout.render_sink()
-            prompt.extend(self.layout.render_prompt(second.start, second.end, grid,
-                                                    prompt.next_position, first=True))
+            # The head (sink, previous text, its close) and the first round go through the
+            # model in one forward pass.
+            self.policy.mark_head(len(layout.sink_ids), len(layout.initial_previous_text_ids),
+                                  len(layout.previous_text_close_ids))
+            prompt = layout.render_head()
+            head_tokens = len(prompt)
         else:
-            prompt = self.layout.render_prompt(second.start, second.end, grid,
-                                               self.policy.next_position, first=False)
-        self.policy.begin_round(second.start, len(prompt) - (len(self._sink_ids) if first else 0))
-        state = _OpenRound(second=second, video=video, plan=plan,
-                           length_before=self.policy.length, logits=None, t0=t0, t1=t1, t2=t2)
+            prompt = RenderedTokens()
+        position = prompt.next_position if first else self.policy.next_position
+        prompt.extend(layout.render_prompt(second.start, second.end, grid, position,
+                                           first=first, question=question))
+        self.policy.begin_round(second.start, len(prompt) - head_tokens, question_tokens)
+        state = OpenRound(second=second, video=video, plan=plan,
+                          length_before=self.policy.length, logits=None, t0=t0, t1=t1, t2=t2,
+                          question=question)
         try:
             self._vision_done = None
             state.logits = self._prefill(prompt, video)
         except BaseException:
-            self._rollback_round(state)
+            self.rollback_round(state)
             raise
         state.t3 = self._clock()
         state.t_vision = self._vision_done or t2
         return state
 
-    def _rollback_round(self, state: _OpenRound) -> None:
+    def rollback_round(self, state: OpenRound) -> None:
         """A failed round (e.g. out of memory) leaves no trace: the stream stays usable."""
         self.cache.truncate(state.length_before)
         self.policy.abandon_round(state.length_before)
 
-    def _close_round(self, state: _OpenRound, generated: list[int], unfed: list[int],
-                     recorded: list[torch.Tensor]) -> RoundResult:
+    def close_round(self, state: OpenRound, turn: DecodedTurn) -> RoundResult:
         """Feed the last token with the turn close and account for the round."""
         try:
             # The last chosen token (if any) goes in with the turn close, in one pass.
-            self._forward_rendered(self.layout.render_assistant(
-                unfed, self.policy.next_position))
+            self.feed(self.layout.render_assistant(turn.unfed, self.policy.next_position))
         except BaseException:
-            self._rollback_round(state)
+            self.rollback_round(state)
             raise
-        self.policy.end_round(len(generated), len(self._close_ids))
+        text_ids = turn.text_ids
+        self.policy.end_round(len(text_ids), len(self._close_ids),
+                              max(0, len(text_ids) - self._marker_tokens))
         t4 = self._clock()
-        self.last_round_logits = recorded
+        self.last_round_logits = turn.logits
         self.rounds_run += 1
-        text = clean_narration(self.format.tokenizer.decode(generated, skip_special_tokens=True))
+        decoded = self.format.tokenizer.decode(text_ids, skip_special_tokens=True)
+        answer = ""
+        if state.question:
+            answer, text = split_answer(decoded)
+        else:
+            text = clean_narration(decoded)
         second, video = state.second, state.video
         return RoundResult(
             start=second.start,
@@ -658,7 +493,7 @@ class StreamingSession:
             end_stamp=second.end_stamp,
             text=text,
             silent=not text,
-            generated_tokens=len(generated),
+            generated_tokens=turn.chosen_tokens,
             cache_tokens=self.cache.length,
             evicted_tokens=state.plan.evicted_tokens,
             frames_received=second.received,
@@ -671,14 +506,28 @@ class StreamingSession:
                 "decode": (t4 - state.t3) * 1e3,
                 "total": (t4 - state.t0) * 1e3,
             },
+            answer=answer,
         )
+
+    def _check_question(self, question: str) -> list[int]:
+        """The question's ids, refused when longer than ``max_question_tokens``."""
+        ids = self.format.question_ids(question)
+        if len(ids) > self.config.max_question_tokens:
+            raise QuestionTooLong(
+                f"question is {len(ids)} tokens, more than max_question_tokens="
+                f"{self.config.max_question_tokens}"
+            )
+        return ids
 
     @torch.inference_mode()
     def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
         """Answer a question from what the stream has seen, leaving the stream untouched.
 
-        The question and answer are appended to the cache and then cut off again: the cache
-        contents, positions and policy state afterwards are identical to before.
+        The question is put as StreamingVLM takes one, ``Time=a-bs {question}``, in a user
+        turn of its own for the period after the newest narrated second (asked now, it
+        belongs to the coming second), without video; the answer is what the model says
+        before its first newline. Question and answer are appended to the cache and cut off
+        again: the cache contents, positions and policy state afterwards are as before.
 
         Raises:
             ValueError: empty question, or nothing seen yet.
@@ -686,30 +535,28 @@ class StreamingSession:
         """
         if not question or not question.strip():
             raise ValueError("question is empty")
-        if self.policy.length == 0:
+        if self.policy.length == 0 or not self.policy.rounds:
             raise ValueError("no frames have been narrated yet; nothing to answer from")
-        ids = self.format.question_ids(question.strip())  # length check before rendering
-        if len(ids) > self.config.max_question_tokens:
-            raise QuestionTooLong(
-                f"question is {len(ids)} tokens, more than max_question_tokens="
-                f"{self.config.max_question_tokens}"
-            )
+        question = question.strip()
+        ids = self._check_question(question)
         budget = min(max_new_tokens or self.config.max_answer_tokens,
                      self.config.max_answer_tokens)
-        self._raise_if_interrupted()
+        rule = self.answer_stop_rule
+        if budget != rule.budget:
+            rule = StopRule(budget, rule.end_of_turn_id, rule.end_ids, rule.newline_ids)
+        self.check_interrupted()
         t0 = time.perf_counter()
         length = self.cache.length
+        start = self.policy.rounds[-1].stream_second + self.config.period
         record, self.record_logits = self.record_logits, False
         try:
-            logits = self._forward_rendered(
-                self.layout.render_question(question.strip(), self.policy.next_position)
-            )
-            generated, _, _ = self._generate(
-                logits, budget, self.answer_chooser, stop_on_marker=False
-            )
+            logits = self.feed(self.layout.render_question(
+                question, start, start + self.config.period, self.policy.next_position))
+            turn = decode_turn(self, logits, rule, self.answer_chooser)
         finally:
             self.cache.truncate(length)
             self.policy.truncate(length)
             self.record_logits = record
-        text = self.format.tokenizer.decode(generated, skip_special_tokens=True).strip()
-        return Answer(text, len(ids), len(generated), time.perf_counter() - t0)
+        decoded = self.format.tokenizer.decode(turn.text_ids, skip_special_tokens=True)
+        answer, _narration = split_answer(decoded)
+        return Answer(answer, len(ids), turn.chosen_tokens, time.perf_counter() - t0)

@@ -1,6 +1,6 @@
 """bfloat16 rounding drift of the bounded cache stays within the model's own bf16 noise.
 
-A one-layer tiny model in bfloat16 streams rounds teacher-forced with one random word each, a
+A one-layer tiny model in bfloat16 streams rounds teacher-forced with random words and the end marker each, a
 2-round vision window and a 100-token text window, so previous-text keys are moved at almost
 every eviction (about 45 times here; up to 145 in a two-hour stream with the paper's windows,
 see the README). The last round's logits are compared with a fresh bf16 and a fresh float32
@@ -14,7 +14,7 @@ import pytest
 from svlm_ros.engine.bf16_drift import measure_drift
 from svlm_ros.engine.tiny_model import make_tiny_checkpoint
 
-SETTINGS = dict(seconds=150, window=2, text_sink=4, text_window=100, max_new_tokens=1,
+SETTINGS = dict(seconds=150, window=2, text_sink=4, text_window=100, max_new_tokens=3,
                 frame=56, seed=0)
 
 
