@@ -42,6 +42,16 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def qwen_vocab_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-layer tiny Qwen2.5-VL with the real Qwen2.5-VL tokenizer (``svlm-make-tiny
+    --qwen-vocab``: the published ids), made once per test session (about 5 s)."""
+    from svlm_ros.engine.tiny_model import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("qwen_vocab") / "tiny", num_layers=1,
+                                vocabulary="qwen")
+
+
 
 @dataclass(frozen=True)
 class InstalledWheel:

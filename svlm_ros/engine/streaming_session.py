@@ -17,21 +17,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from svlm_ros.engine.asking import answer_from_cache
 from svlm_ros.engine.attention import sdpa_kernels
 from svlm_ros.engine.cache_policy import EvictionPlan, StreamingCachePolicy
+from svlm_ros.engine.cache_sizing import CacheSizing, free_memory
 from svlm_ros.engine.decoding import SamplingConfig, TokenChooser
 from svlm_ros.engine.device_sampling import DeviceTokenChooser
-from svlm_ros.engine.frame_sampler import MAX_STREAM_SECONDS, FrameSampler, SecondOfFrames
+from svlm_ros.engine.frame_sampler import FrameSampler, SecondOfFrames
 from svlm_ros.engine.kv_cache import BoundedKVCache
 from svlm_ros.engine.model_loading import LoadedModel
-from svlm_ros.engine.prompt_format import PromptFormat, clean_narration, split_answer, time_text
+from svlm_ros.engine.prompt_format import PromptFormat, clean_narration, split_answer
 from svlm_ros.engine.rotary_shift import rotary_inverse_frequencies
 from svlm_ros.engine.round_layout import RenderedTokens, RoundLayout, VideoGrid
 from svlm_ros.engine.static_decode import GraphedDecoder, StaticDecoder, resolve_decode_path
-from svlm_ros.engine.static_prefill import StaticPrefiller, padded_length, resolve_prefill_path
+from svlm_ros.engine.static_prefill import StaticPrefiller, resolve_prefill_path
 from svlm_ros.engine.stop_rule import StopRule, end_ids_from, newline_token_ids
 from svlm_ros.engine.stream_config import (
-    CAPACITY_ALIGNMENT,
     Answer,
     GenerationInterrupted,
     QuestionTooLong,
@@ -39,7 +40,7 @@ from svlm_ros.engine.stream_config import (
     StreamConfig,
 )
 from svlm_ros.engine.turn_decoding import DecodedTurn, decode_turn
-from svlm_ros.engine.vision_input import PATCH_FACTOR, VideoBlock, VisionInput, fit_frame_size
+from svlm_ros.engine.vision_input import VideoBlock, VisionInput
 
 __all__ = ["Answer", "GenerationInterrupted", "QuestionTooLong", "RoundResult", "StreamConfig",
            "StreamingSession", "OpenRound"]
@@ -113,7 +114,10 @@ class StreamingSession:
         # StreamingVLM moves an evicted second's text to the previous text without its last
         # tokens, which are the end marker's when the model ended the second with it.
         self._marker_tokens = len(self.format.end_marker_ids())
-        self.bound = self._compute_bound()
+        self.sizing = CacheSizing(cfg, self.layout, self.sampler.frames_per_round,
+                                  self.vision.temporal_patch, self.model.config, loaded.dtype,
+                                  self.device)
+        self.bound = self.sizing.capacity()
         self.cache = cache_factory(self) if cache_factory else self._make_cache()
         self.record_logits = record_logits
         self.last_round_logits: list[torch.Tensor] = []
@@ -153,73 +157,25 @@ class StreamingSession:
                                    compiled=self.decode_path == "compiled"))
         self.reset()
 
-    # ----- sizes ---------------------------------------------------------------------------
-    def _round_tokens(self, vision_tokens_per_patch: int, last_end_time: float) -> int:
-        """Largest later round: framing, longest time text up to ``last_end_time``, video,
-        words."""
-        frames = self.sampler.frames_per_round
-        vision_tokens = (frames // self.vision.temporal_patch) * vision_tokens_per_patch
-        longest_time = len(self.format.encode(time_text(last_end_time - self.config.period,
-                                                         last_end_time)))
-        prompt = self.layout.framing_tokens() + longest_time + vision_tokens
-        return prompt + self.config.max_new_tokens + len(self._close_ids)
-
-    def _compute_bound(self) -> int:
-        """The cache's capacity: the policy's bound for the worst round plus a question,
-        rounded up to a multiple of ``CAPACITY_ALIGNMENT`` (the fixed-shape decode and prefill
-        attend over the whole capacity, and CUDA's memory-efficient attention wants the key
-        length of a mask aligned; unaligned, every layer pads the mask again)."""
-        policy = StreamingCachePolicy(self.config.cache)
-        # An asked question and its answer, and one question held in the window (a question
-        # asked in a second stays in the stream with it).
-        ask_room = (2 * self.config.max_question_tokens + self.config.max_answer_tokens
-                    + len(self._close_ids))
-        most_vision = self.config.max_pixels // (PATCH_FACTOR * PATCH_FACTOR)
-        round_tokens = self._round_tokens(most_vision, MAX_STREAM_SECONDS)
-        bound = policy.bound(self.layout.head_tokens(), round_tokens, ask_room)
-        return padded_length(bound, CAPACITY_ALIGNMENT)
-
+    # ----- sizes (cache_sizing.py) -------------------------------------------------------
     def stream_bound(self, frame_height: int, frame_width: int, stream_seconds: float) -> int:
-        """Most tokens held while narrating frames of one size for up to ``stream_seconds``.
-
-        It is reached when the text windows are full and every round in the vision window
-        generated ``max_new_tokens``; ``bound`` adds room for a question and the worst frame
-        shape and stream length on top of it.
-        """
-        height, width = fit_frame_size(
-            frame_height, frame_width, self.config.max_pixels, self.config.min_pixels
-        )
-        vision_tokens = (height // PATCH_FACTOR) * (width // PATCH_FACTOR)
-        # The longest time stamp of the stream has the most digits: that of its last second.
-        last_end = max(self.config.period, stream_seconds)
-        round_tokens = self._round_tokens(vision_tokens, last_end)
-        return StreamingCachePolicy(self.config.cache).bound(self.layout.head_tokens(),
-                                                             round_tokens)
+        """Most tokens held while narrating frames of one size for up to ``stream_seconds``
+        (``CacheSizing.stream_bound``)."""
+        return self.sizing.stream_bound(frame_height, frame_width, stream_seconds)
 
     @property
     def pristine_keys(self) -> bool:
         """Whether the cache keeps pristine keys (half precision: bounded rotation rounding,
         see ``kv_cache.py``)."""
-        return self.loaded.dtype in (torch.bfloat16, torch.float16)
+        return self.sizing.pristine_keys
 
     def cache_bytes(self) -> int:
-        """Memory the preallocated cache takes: bound x layers x (keys + values [+ pristine
-        keys in half precision])."""
-        text = self.model.config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        buffers = 3 if self.pristine_keys else 2
-        per_token = text.num_hidden_layers * buffers * text.num_key_value_heads * head_dim
-        return self.bound * per_token * torch.finfo(self.loaded.dtype).bits // 8
+        """Memory the preallocated cache takes (``CacheSizing.cache_bytes``)."""
+        return self.sizing.cache_bytes(self.bound)
 
     def free_memory(self) -> int:
-        """Bytes free now where the cache goes: device memory on CUDA, available RAM on the CPU
-        (not the total: the weights, other sessions and other processes hold the rest)."""
-        if self.device.type == "cuda":
-            free, _total = torch.cuda.mem_get_info(self.device)
-            return int(free)
-        import psutil
-
-        return int(psutil.virtual_memory().available)
+        """Bytes free now where the cache goes (``cache_sizing.free_memory``)."""
+        return free_memory(self.device)
 
     def _make_cache(self) -> BoundedKVCache:
         """The one cache of this session, checked against free memory and allocated now."""
@@ -232,12 +188,7 @@ class StreamingSession:
                 f"{self.device}; lower vision_window_seconds, max_pixels, fps * period or the "
                 "text windows, or run fewer sessions on this device"
             )
-        text = self.model.config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        cache = BoundedKVCache(text.num_hidden_layers, self.bound)
-        cache.allocate(text.num_key_value_heads, head_dim, self.loaded.dtype, self.device,
-                       pristine_keys=self.pristine_keys)
-        return cache
+        return self.sizing.allocate(self.bound)
 
     @property
     def cache_tokens(self) -> int:
@@ -407,7 +358,7 @@ class StreamingSession:
                 f"forced_ids must hold 1 to max_new_tokens={self.config.max_new_tokens} tokens"
             )
         question = question.strip()
-        question_tokens = len(self._check_question(question)) if question else 0
+        question_tokens = len(self.check_question(question)) if question else 0
         if question and any(span.question_tokens for span in
                             self.policy.rounds[self.policy.rounds_to_evict(1):]):
             # The cache has room for one question held in the window (besides an ask).
@@ -509,7 +460,7 @@ class StreamingSession:
             answer=answer,
         )
 
-    def _check_question(self, question: str) -> list[int]:
+    def check_question(self, question: str) -> list[int]:
         """The question's ids, refused when longer than ``max_question_tokens``."""
         ids = self.format.question_ids(question)
         if len(ids) > self.config.max_question_tokens:
@@ -521,42 +472,11 @@ class StreamingSession:
 
     @torch.inference_mode()
     def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
-        """Answer a question from what the stream has seen, leaving the stream untouched.
-
-        The question is put as StreamingVLM takes one, ``Time=a-bs {question}``, in a user
-        turn of its own for the period after the newest narrated second (asked now, it
-        belongs to the coming second), without video; the answer is what the model says
-        before its first newline. Question and answer are appended to the cache and cut off
-        again: the cache contents, positions and policy state afterwards are as before.
+        """Answer a question from what the stream has seen, leaving the stream untouched
+        (``asking.answer_from_cache``).
 
         Raises:
             ValueError: empty question, or nothing seen yet.
             QuestionTooLong: the question exceeds ``max_question_tokens``.
         """
-        if not question or not question.strip():
-            raise ValueError("question is empty")
-        if self.policy.length == 0 or not self.policy.rounds:
-            raise ValueError("no frames have been narrated yet; nothing to answer from")
-        question = question.strip()
-        ids = self._check_question(question)
-        budget = min(max_new_tokens or self.config.max_answer_tokens,
-                     self.config.max_answer_tokens)
-        rule = self.answer_stop_rule
-        if budget != rule.budget:
-            rule = StopRule(budget, rule.end_of_turn_id, rule.end_ids, rule.newline_ids)
-        self.check_interrupted()
-        t0 = time.perf_counter()
-        length = self.cache.length
-        start = self.policy.rounds[-1].stream_second + self.config.period
-        record, self.record_logits = self.record_logits, False
-        try:
-            logits = self.feed(self.layout.render_question(
-                question, start, start + self.config.period, self.policy.next_position))
-            turn = decode_turn(self, logits, rule, self.answer_chooser)
-        finally:
-            self.cache.truncate(length)
-            self.policy.truncate(length)
-            self.record_logits = record
-        decoded = self.format.tokenizer.decode(turn.text_ids, skip_special_tokens=True)
-        answer, _narration = split_answer(decoded)
-        return Answer(answer, len(ids), turn.chosen_tokens, time.perf_counter() - t0)
+        return answer_from_cache(self, question, max_new_tokens)

