@@ -52,8 +52,11 @@ class TrainConfig:
         keep_checkpoints: Newest step checkpoints kept (older ones are deleted).
         export: Write the merged model to ``OUT/model`` at the end.
         chunk_seconds, overlap_seconds, max_new_tokens, text_sink_tokens, text_window_tokens,
-        system_prompt, instruction: The chunking (see ``ChunkConfig``); they must match the
-            node's settings at inference.
+        system_prompt: The chunking (see ``ChunkConfig``); they must match the node's
+            settings at inference (the ``previous text`` turn starts empty, as the node's).
+        instruction: The instruction of a chunk that starts a stream (see ``ChunkConfig``):
+            none by default, as StreamingVLM trained; the node's to train the stream's first
+            second as inference shows it.
     """
 
     data: str
@@ -213,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system-prompt", default=d.system_prompt,
                    help="system prompt, as the node's (default: the engine's)")
     p.add_argument("--instruction", default=d.instruction,
-                   help="task instruction, as the node's (default: the engine's)")
+                   help="instruction after the first second's video of a chunk that starts a "
+                        "stream (default none, as StreamingVLM trained; the node's to train "
+                        "the stream's first second as inference shows it)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue from OUT's newest checkpoint (or the one named); the saved "
                         "config is used, except --max-steps")
