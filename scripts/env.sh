@@ -8,7 +8,6 @@
 #                         and never the shared default 0; two checkouts rarely collide.
 #   ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST   if unset
 #   ROS_HOME=<repo>/.ros  if unset (node logs; gitignored)
-#   PYTHONPATH += <repo>/training  (the SFT package svlm_training, which colcon does not install)
 # Run `bash scripts/setup.sh` first.
 
 _svlm_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,9 +40,6 @@ _svlm_path_append CMAKE_PREFIX_PATH "$VIRTUAL_ENV"
 source "$_svlm_repo/install/setup.bash"
 _svlm_path_append AMENT_PREFIX_PATH "$VIRTUAL_ENV"
 _svlm_path_append CMAKE_PREFIX_PATH "$VIRTUAL_ENV"
-
-# The training package is plain Python beside the ROS package: import it from the checkout.
-_svlm_path_append PYTHONPATH "$_svlm_repo/training"
 
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 if [ -z "${ROS_DOMAIN_ID:-}" ]; then
