@@ -20,6 +20,14 @@ Lifecycle: configure loads the model and subscribes, activate starts narrating, 
 pauses (frames are then ignored, asks refused), cleanup unloads the model and frees GPU memory.
 With ``autostart`` (the default) the node configures and activates itself.
 
+The model's own settings: at configure the node reads ``svlm_settings.json`` from
+``model_path`` when the model has one (``svlm-export`` writes it: the fps, pixels, windows
+and prompts the model was trained with, and its conversation format) and takes its values as
+the defaults of the parameters of the same names. A parameter given explicitly (params file,
+``-p``, launch file, or set by a user before configure) keeps its value, with a warning when
+it differs from the file's; a model trained on another format than the engine renders gets a
+warning to retrain it.
+
 Threads and the one model: image callbacks (one mutually exclusive callback group per
 camera), the ask service (its own group), the status timer (its own group) and parameter and
 lifecycle services run on a multi-threaded executor; the narration worker is a thread of its
@@ -30,6 +38,8 @@ between two rounds.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
 import rclpy
@@ -40,6 +50,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
+from svlm_ros.engine import model_settings
 from svlm_ros.node import parameters as narrator_params
 from svlm_ros.node.ask_service import AskService
 from svlm_ros.node.camera_intake import CameraIntake
@@ -63,6 +74,12 @@ class NarratorNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("namespace", DEFAULT_NAMESPACE)
         super().__init__(NODE_NAME, **kwargs)
+        # Parameters a model's svlm_settings.json may set that were given explicitly (params
+        # file, command line, launch, or set later by a user): these keep their value.
+        self._given: set[str] = set()
+        # Set while the node itself sets parameters (model settings, restores): those
+        # changes are not the user's.
+        self._own_changes = threading.local()
         self._values = self._declare_parameters()
         found = narrator_params.problems(self._values)
         if found:
@@ -87,8 +104,9 @@ class NarratorNode(LifecycleNode):
     # ----- parameters --------------------------------------------------------------------
     def _declare_parameters(self) -> dict[str, Any]:
         for spec in narrator_params.PARAMETERS:
-            if spec.default == []:
-                self._declare_empty_string_array(spec)
+            if spec.default == [] or spec.name in narrator_params.MODEL_SETTING_PARAMETERS:
+                if self._declare_by_type(spec):
+                    self._given.add(spec.name)
             else:
                 self.declare_parameter(spec.name, spec.default, spec.descriptor())
         values = {spec.name: self.get_parameter(spec.name).value
@@ -98,25 +116,44 @@ class NarratorNode(LifecycleNode):
                 values[name] = list(value)
         return values
 
-    def _declare_empty_string_array(self, spec: narrator_params.ParameterSpec) -> None:
-        """Declare a string array whose default is ``[]``.
+    def _declare_by_type(self, spec: narrator_params.ParameterSpec) -> bool:
+        """Declare a parameter by its type, then give it its default unless an override (a
+        params file, ``-p``, a launch file) set it; True when one did.
 
-        rclpy takes a parameter's type from its default, and ``[]`` has none; a YAML ``[]``
-        arrives without a type too. So declare it by type, writable; give it ``[]`` when no
-        override set a value; then make it read-only if it is.
+        rclpy takes a parameter's type from its default, and ``[]`` has none (a YAML ``[]``
+        arrives without a type too); and a parameter declared with a default cannot tell an
+        override from that default, which the parameters a model's settings file gives must
+        (an explicit value wins over the file). So declare it by type, writable; a parameter
+        that no override set is then uninitialized: give it its default; then make it
+        read-only if it is.
         """
         descriptor = spec.descriptor()
         descriptor.read_only = False
-        self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor)
+        types = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER,
+                 "double": Parameter.Type.DOUBLE, "string": Parameter.Type.STRING,
+                 "string[]": Parameter.Type.STRING_ARRAY}
+        self.declare_parameter(spec.name, types[spec.type_name], descriptor)
         try:
             self.get_parameter(spec.name)
+            given = True
         except ParameterUninitializedException:
-            empty = Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])
-            result = self.set_parameters([empty])[0]
+            given = False
+            default = Parameter(spec.name, types[spec.type_name], spec.default)
+            result = self.set_parameters([default])[0]
             if not result.successful:
                 raise ValueError(f"{spec.name}: {result.reason}") from None
         if spec.read_only:
             self.set_descriptor(spec.name, spec.descriptor())
+        return given
+
+    @contextlib.contextmanager
+    def _setting_own_parameters(self):
+        """Parameters set inside are the node's own doing, not a user's choice."""
+        self._own_changes.active = True
+        try:
+            yield
+        finally:
+            self._own_changes.active = False
 
     def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """On-set callback: refuse a change that breaks any rule, with every reason."""
@@ -138,11 +175,14 @@ class NarratorNode(LifecycleNode):
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         """Post-set callback: remember the values; rebuild the streams when they changed."""
         changed = []
+        own = getattr(self._own_changes, "active", False)
         for parameter in parameters:
             if parameter.name in self._values:
                 value = parameter.value
                 self._values[parameter.name] = list(value) if isinstance(value, tuple) else value
                 changed.append(parameter.name)
+                if not own and parameter.name in narrator_params.MODEL_SETTING_PARAMETERS:
+                    self._given.add(parameter.name)  # a user's choice: it outranks the model's
         restarting = sorted(set(changed) & narrator_params.STREAM_PARAMETERS)
         streams = self._streams
         if not restarting or streams.loaded is None:
@@ -163,7 +203,8 @@ class NarratorNode(LifecycleNode):
             if self._values.get(name) != value
         ]
         if restore:
-            results = self.set_parameters(restore)
+            with self._setting_own_parameters():
+                results = self.set_parameters(restore)
             refused = [r.reason for r in results if not r.successful]
             if refused:
                 self.get_logger().error(f"could not restore parameters: {'; '.join(refused)}")
@@ -192,6 +233,7 @@ class NarratorNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._streams.error = ""
         try:
+            self._adopt_model_settings()
             self._streams.load()
         except Exception as error:  # noqa: BLE001 - any load failure is a refused configure
             self._streams.error = f"configure failed: {error}"
@@ -200,6 +242,40 @@ class NarratorNode(LifecycleNode):
         self._intake.subscribe()
         self._worker.start()
         return super().on_configure(state)
+
+    def _adopt_model_settings(self) -> None:
+        """Take the model's ``svlm_settings.json`` (if it has one) as the defaults of the
+        parameters it names; log what it set, and warn about given values that differ and
+        about a model trained on another framing than the engine renders.
+
+        Raises:
+            ValueError: the file is unreadable or broken (the message names file and key), or
+                its values break a rule of the node's parameters.
+        """
+        model_path = self._values["model_path"]
+        settings = model_settings.read_settings(model_path) if model_path else None
+        source = str(model_settings.settings_path(model_path)) if model_path else ""
+        merged = narrator_params.model_defaults(settings, self._values, self._given, source)
+        logger = self.get_logger()
+        for warning in merged.warnings:
+            logger.warning(warning)
+        if merged.changes:
+            with self._setting_own_parameters():
+                result = self.set_parameters_atomically(
+                    [Parameter(name, value=value) for name, value in merged.changes.items()])
+            if not result.successful:
+                raise ValueError(f"the settings of {source or 'the defaults'} cannot be used: "
+                                 f"{result.reason}")
+        self._streams.model_settings = settings
+        self._streams.model_settings_source = source if settings is not None else ""
+        self._streams.model_settings_warning = (
+            settings is not None and model_settings.format_warning(settings, source) or "")
+        if settings is not None:
+            taken = [name for name in narrator_params.MODEL_SETTING_PARAMETERS
+                     if name not in self._given]
+            logger.info(f"model settings from {source} (format {settings.format}): "
+                        + (", ".join(f"{name}={self._values[name]!r}" for name in taken)
+                           or "every one of them given explicitly"))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         # Publishers first: a round woken before them would publish into an inactive

@@ -11,20 +11,26 @@ mapping, so the node's on-set callback and the unit tests run the very same code
 * ``problems(values)`` lists every reason a parameter set is unusable (ranges, choices, list
   lengths, camera names, and the cross-parameter rules of ``StreamConfig``);
 * ``stream_config(values)`` builds the engine's ``StreamConfig``;
-* ``camera_specs(values)`` turns the three camera lists into one ``CameraSpec`` per camera.
+* ``camera_specs(values)`` turns the three camera lists into one ``CameraSpec`` per camera;
+* ``model_defaults(settings, values, given)`` merges a model's ``svlm_settings.json`` (the
+  settings it was trained with) into the values: the parameters it names
+  (``MODEL_SETTING_PARAMETERS``) take the file's values unless they were given explicitly, and
+  a given value that differs from the file's is kept with a warning.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from svlm_ros.engine.cache_policy import CachePolicyConfig
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.model_loading import ATTENTION_CHOICES, DTYPE_CHOICES
+from svlm_ros.engine.model_settings import SETTINGS_FILE, ModelSettings, format_warning
 from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
 from svlm_ros.engine.static_decode import DECODE_PATHS, FIXED_SHAPE_KERNELS
 from svlm_ros.engine.static_prefill import PREFILL_PATHS
@@ -58,9 +64,13 @@ class ParameterSpec:
         read_only: Fixed for the life of the node (model or subscriptions depend on it).
         restarts_stream: Changing it at run time rebuilds every camera's stream (the model
             stays loaded, the streams' memory starts empty).
-        minimum: Smallest allowed number (inclusive), or None.
+        minimum: Smallest allowed number (inclusive unless ``exclusive_minimum``), or None.
         maximum: Largest allowed number (inclusive), or None.
         choices: Allowed strings (for a string array: allowed items), or empty.
+        from_model: A value outside the range that means "take it from the checkpoint" (e.g.
+            ``top_k`` -1), or None. The descriptor then carries no range (ROS ranges are one
+            interval); the node's own check enforces it.
+        exclusive_minimum: ``minimum`` itself is not allowed (``top_p`` is in (0, 1]).
     """
 
     name: str
@@ -71,6 +81,8 @@ class ParameterSpec:
     minimum: float | int | None = None
     maximum: float | int | None = None
     choices: tuple[str, ...] = ()
+    from_model: float | int | None = None
+    exclusive_minimum: bool = False
 
     @property
     def type_name(self) -> str:
@@ -91,7 +103,10 @@ class ParameterSpec:
         if self.choices:
             return " | ".join(self.choices)
         if self.minimum is not None and self.maximum is not None:
-            return f"[{self.minimum}, {self.maximum}]"
+            interval = f"{'(' if self.exclusive_minimum else '['}{self.minimum}, {self.maximum}]"
+            if self.from_model is not None:
+                return f"{self.from_model} or {interval}"
+            return interval
         return ""
 
     def descriptor(self):
@@ -123,8 +138,10 @@ class ParameterSpec:
             notes.append("a change restarts every camera's stream (memory starts empty)")
         if self.read_only:
             notes.append("read-only: set it at start-up")
+        if self.from_model is not None:
+            notes.append(f"{self.range_text}; {self.from_model}: from the checkpoint")
         descriptor.additional_constraints = "; ".join(notes)
-        if self.minimum is not None and self.maximum is not None:
+        if self.minimum is not None and self.maximum is not None and self.from_model is None:
             if self.type_name == "int":
                 descriptor.integer_range = [
                     IntegerRange(from_value=int(self.minimum), to_value=int(self.maximum), step=1)
@@ -138,14 +155,23 @@ class ParameterSpec:
         return descriptor
 
 
-def _spec(name: str, default: Any, description: str, **options: Any) -> ParameterSpec:
+#: Appended to the description of the parameters a model's ``svlm_settings.json`` sets.
+MODEL_SETTING_NOTE = f"Default: the model's {SETTINGS_FILE} when it has one."
+
+
+def _spec(name: str, default: Any, description: str, *, model_setting: bool = False,
+          **options: Any) -> ParameterSpec:
+    if model_setting:
+        description = f"{description} {MODEL_SETTING_NOTE}"
     return ParameterSpec(name, default, description, **options)
 
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     # --- the model (a change needs a new process) ---------------------------------------------
     _spec("model_path", "", "Checkpoint directory (from_pretrained layout) loaded on configure; "
-          "empty: configure fails and asks answer 'model not loaded'.", read_only=True),
+          f"its {SETTINGS_FILE}, when it has one (svlm-export writes it), gives the defaults of "
+          "the settings the model was trained with (fps, pixels, windows, prompts); empty: "
+          "configure fails and asks answer 'model not loaded'.", read_only=True),
     _spec("device", "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda or "
           "cuda:N.", read_only=True),
     _spec("dtype", "auto", "Model dtype; auto is bfloat16 on CUDA and float32 on the CPU.",
@@ -212,31 +238,41 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     # --- the stream (a change rebuilds the streams; the model stays loaded) ---------------------
     _spec("fps", 2.0, "Frames per second of stream time given to the model; fps*period must be "
           "a whole multiple of the temporal patch size (2).", restarts_stream=True,
-          minimum=0.1, maximum=60.0),
+          minimum=0.1, maximum=60.0, model_setting=True),
     _spec("period", 1.0, "Seconds of stream per narration (one engine round per period).",
-          restarts_stream=True, minimum=0.1, maximum=60.0),
+          restarts_stream=True, minimum=0.1, maximum=60.0, model_setting=True),
     _spec("max_pixels", 602112, "Pixel budget per frame for the vision encoder (602112 = 768 "
           "tokens per two frames); frames are resized to fit.", restarts_stream=True,
-          minimum=PATCH_FACTOR * PATCH_FACTOR, maximum=16777216),
+          minimum=PATCH_FACTOR * PATCH_FACTOR, maximum=16777216, model_setting=True),
     _spec("min_pixels", 78400, "Smallest frame area given to the vision encoder; smaller frames "
           "are upscaled. Must be <= max_pixels.", restarts_stream=True,
-          minimum=PATCH_FACTOR * PATCH_FACTOR, maximum=16777216),
+          minimum=PATCH_FACTOR * PATCH_FACTOR, maximum=16777216, model_setting=True),
     _spec("max_new_tokens", 20, "Most tokens generated per narration.", restarts_stream=True,
-          minimum=1, maximum=1024),
+          minimum=1, maximum=1024, model_setting=True),
     _spec("text_sink_tokens", 512, "First tokens of the previous-text block that are never "
-          "evicted.", restarts_stream=True, minimum=0, maximum=65536),
+          "evicted.", restarts_stream=True, minimum=0, maximum=65536, model_setting=True),
     _spec("text_window_tokens", 512, "Most recent tokens of the previous-text block that are "
-          "kept.", restarts_stream=True, minimum=0, maximum=65536),
+          "kept.", restarts_stream=True, minimum=0, maximum=65536, model_setting=True),
     _spec("vision_window_seconds", 16, "Seconds of video (whole rounds) kept in the cache.",
-          restarts_stream=True, minimum=1, maximum=3600),
-    _spec("system_prompt", "", "System prompt (part of the attention sink); empty: the built-in "
-          "prompt.", restarts_stream=True),
-    _spec("instruction", "", "Task instruction of the first user turn; empty: the built-in "
-          "instruction.", restarts_stream=True),
+          restarts_stream=True, minimum=1, maximum=3600, model_setting=True),
+    _spec("system_prompt", "", "System turn (part of the attention sink); empty: the built-in "
+          f"one, StreamingVLM's '{DEFAULT_SYSTEM_PROMPT}'.", restarts_stream=True,
+          model_setting=True),
+    _spec("instruction", "", "Task instruction after the first second's video (it leaves the "
+          "cache with that second); empty: the built-in one, StreamingVLM's "
+          f"'{DEFAULT_INSTRUCTION}'.", restarts_stream=True, model_setting=True),
+    _spec("previous_text", "", "Text the previous-text turn starts with (a scene description or "
+          "task context; it counts toward the text windows); empty: none.",
+          restarts_stream=True, model_setting=True),
     _spec("temperature", 0.9, "Sampling temperature of narration; 0 is greedy.",
           restarts_stream=True, minimum=0.0, maximum=5.0),
-    _spec("top_p", 1.0, "Nucleus sampling mass of narration (1 keeps every token).",
-          restarts_stream=True, minimum=0.01, maximum=1.0),
+    _spec("top_k", -1, "Top-k sampling of narration: the k likeliest tokens; 0 is off; -1: the "
+          "checkpoint's generation_config.json top_k (transformers' 50 where it sets none), as "
+          "generate takes it.", restarts_stream=True, minimum=0, maximum=1000000, from_model=-1),
+    _spec("top_p", -1.0, "Nucleus sampling mass of narration (1 keeps every token); -1: the "
+          "checkpoint's generation_config.json top_p (1.0 where it sets none), as generate "
+          "takes it.", restarts_stream=True, minimum=0.0, maximum=1.0, from_model=-1.0,
+          exclusive_minimum=True),
     _spec("repetition_penalty", 1.05, "Repetition penalty of narration and answers (1 is off).",
           restarts_stream=True, minimum=0.01, maximum=10.0),
     _spec("seed", 0, "Random seed of narration sampling (per stream).", restarts_stream=True,
@@ -252,6 +288,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 
 SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
 STREAM_PARAMETERS = frozenset(spec.name for spec in PARAMETERS if spec.restarts_stream)
+#: The parameters whose defaults a model's ``svlm_settings.json`` gives (its keys but format).
+MODEL_SETTING_PARAMETERS = tuple(
+    f.name for f in dataclass_fields(ModelSettings) if f.name != "format")
 
 
 @dataclass(frozen=True)
@@ -294,8 +333,14 @@ def value_problem(spec: ParameterSpec, value: Any) -> str | None:
     if not ok_type:
         return f"{spec.name} must be a finite {expected}, got {value!r}"
     if spec.minimum is not None and spec.maximum is not None and expected in ("int", "double"):
-        if not spec.minimum <= value <= spec.maximum:
-            return f"{spec.name} must be in [{spec.minimum}, {spec.maximum}], got {value!r}"
+        if spec.from_model is not None and value == spec.from_model:
+            return None
+        low_ok = spec.minimum < value if spec.exclusive_minimum else spec.minimum <= value
+        if not (low_ok and value <= spec.maximum):
+            if spec.from_model is not None:
+                return (f"{spec.name} must be {spec.from_model} (from the checkpoint) or in "
+                        f"{spec.range_text.split(' or ', 1)[1]}, got {value!r}")
+            return f"{spec.name} must be in {spec.range_text}, got {value!r}"
     if spec.choices:
         items = value if expected == "string[]" else [value]
         bad = [item for item in items if item not in spec.choices]
@@ -428,6 +473,7 @@ def stream_config(values: Mapping[str, Any]) -> StreamConfig:
         max_new_tokens=int(values["max_new_tokens"]),
         system_prompt=values["system_prompt"] or DEFAULT_SYSTEM_PROMPT,
         instruction=values["instruction"] or DEFAULT_INSTRUCTION,
+        previous_text=values["previous_text"],
         cache=CachePolicyConfig(
             text_sink_tokens=int(values["text_sink_tokens"]),
             text_window_tokens=int(values["text_window_tokens"]),
@@ -435,7 +481,9 @@ def stream_config(values: Mapping[str, Any]) -> StreamConfig:
         ),
         sampling=SamplingConfig(
             temperature=float(values["temperature"]),
-            top_p=float(values["top_p"]),
+            top_k=None if values["top_k"] == SPECS["top_k"].from_model else int(values["top_k"]),
+            top_p=(None if values["top_p"] == SPECS["top_p"].from_model
+                   else float(values["top_p"])),
             repetition_penalty=float(values["repetition_penalty"]),
             seed=int(values["seed"]),
         ),
@@ -446,6 +494,89 @@ def stream_config(values: Mapping[str, Any]) -> StreamConfig:
         compile_vision=bool(values["compile_vision"]),
         prefill_path=values["prefill_path"],
     )
+
+
+def effective_value(name: str, value: Any) -> Any:
+    """What the stream gets from parameter ``name`` set to ``value``: an empty system prompt or
+    instruction is the built-in one, numbers compare as the parameter's type."""
+    if name == "system_prompt":
+        return value or DEFAULT_SYSTEM_PROMPT
+    if name == "instruction":
+        return value or DEFAULT_INSTRUCTION
+    if SPECS[name].type_name == "double":
+        return float(value)
+    return value
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model's ``svlm_settings.json`` does to the node's parameters.
+
+    Attributes:
+        changes: ``{name: value}`` of the parameters nobody gave that take a new value: the
+            file's, or the built-in default when the model has no settings file.
+        warnings: One line per given parameter whose value differs from the file's (the
+            given one is used), after the format warning when the model was trained on
+            another framing than the engine renders.
+    """
+
+    changes: dict[str, Any]
+    warnings: list[str]
+
+
+def model_defaults(settings: ModelSettings | None, values: Mapping[str, Any],
+                   given: Collection[str], source: str = SETTINGS_FILE) -> ModelDefaults:
+    """Merge a model's settings into parameter values: a parameter given explicitly (a params
+    file, the command line, a launch file, or set at run time) wins; every other one takes the
+    file's value.
+
+    Args:
+        settings: The model's settings (``read_settings``), or None when it has none: the
+            parameters nobody gave then go back to their built-in defaults.
+        values: The parameters' current values.
+        given: Names of the parameters given explicitly.
+        source: The settings file, for the messages.
+    """
+    changes: dict[str, Any] = {}
+    warnings: list[str] = []
+    if settings is not None:
+        warning = format_warning(settings, source)
+        if warning:
+            warnings.append(warning)
+    from_file = settings.parameters() if settings is not None else {}
+    for name in MODEL_SETTING_PARAMETERS:
+        spec = SPECS[name]
+        if name in from_file:
+            target = from_file[name]
+            target = float(target) if spec.type_name == "double" else target
+        else:
+            target = spec.default
+        if name in given:
+            if name in from_file and effective_value(name, values[name]) != effective_value(
+                    name, target):
+                warnings.append(
+                    f"{name}: the given {values[name]!r} is used, not the {target!r} the model "
+                    f"was trained with ({source})")
+        elif values[name] != target or type(values[name]) is not type(target):
+            changes[name] = target
+    return ModelDefaults(changes, warnings)
+
+
+def describe_sampling(sampling: SamplingConfig, values: Mapping[str, Any] | None = None) -> str:
+    """The narration sampling in words, e.g. ``temperature 0.9, top_k 50 (from the checkpoint),
+    top_p 1, repetition_penalty 1.05``; with ``values`` (the parameters), the settings left at
+    -1 are marked as the checkpoint's."""
+    if sampling.greedy:
+        return f"greedy (temperature 0), repetition_penalty {sampling.repetition_penalty:g}"
+
+    def origin(name: str) -> str:
+        if values is not None and values.get(name) == SPECS[name].from_model:
+            return " (from the checkpoint)"
+        return ""
+
+    return (f"temperature {sampling.temperature:g}, top_k {sampling.top_k}{origin('top_k')}, "
+            f"top_p {sampling.top_p:g}{origin('top_p')}, repetition_penalty "
+            f"{sampling.repetition_penalty:g}")
 
 
 def frames_per_round_problem(fps: float, period: float, temporal_patch: int) -> str | None:

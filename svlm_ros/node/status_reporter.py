@@ -158,6 +158,12 @@ class StatusReporter:
             node.level, node.message = DiagnosticStatus.WARN, f"{status.state}: not narrating"
         else:
             node.level, node.message = DiagnosticStatus.OK, "narrating"
+        streams = self._streams
+        sampling = streams.sampling
+        settings = streams.model_settings
+        if not status.error and status.state == "active" and streams.model_settings_warning:
+            node.level = DiagnosticStatus.WARN
+            node.message = "narrating, but the model was trained on another framing: retrain it"
         node.values = [
             KeyValue(key=key, value=str(value))
             for key, value in (
@@ -170,6 +176,16 @@ class StatusReporter:
                 ("torch_threads", status.torch_threads),
                 ("asks_answered", status.asks_answered), ("asks_failed", status.asks_failed),
                 ("last_ask_error", status.last_ask_error),
+                # The narration sampling in use ('' while no stream exists): top_k and top_p
+                # as resolved from the checkpoint's generation_config.json where left at -1.
+                ("temperature", _sampling_value(sampling, "temperature")),
+                ("top_k", _sampling_value(sampling, "top_k")),
+                ("top_p", _sampling_value(sampling, "top_p")),
+                ("repetition_penalty", _sampling_value(sampling, "repetition_penalty")),
+                # The model's svlm_settings.json ('' when it has none) and its format.
+                ("model_settings", streams.model_settings_source),
+                ("model_format", settings.format if settings is not None else ""),
+                ("model_settings_warning", streams.model_settings_warning),
             )
         ]  # fmt: skip
         array.status.append(node)
@@ -216,6 +232,10 @@ class StatusReporter:
             KeyValue(key=key, value=_format_value(value)) for key, value in values.items()
         ]
         return diagnostic
+
+
+def _sampling_value(sampling: Any, name: str) -> str:
+    return "" if sampling is None else _format_value(getattr(sampling, name))
 
 
 def _format_value(value: Any) -> str:

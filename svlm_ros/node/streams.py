@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from svlm_ros.engine.camera_group import CameraGroup
+from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.model_loading import LoadedModel, load_model
+from svlm_ros.engine.model_settings import ModelSettings
 from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
 from svlm_ros.node import parameters as narrator_params
 from svlm_ros.node.fair_lock import FairLock
@@ -132,6 +134,18 @@ class Streams:
         # The cameras' sessions as one batch-decoding group (None: cameras run one by one).
         self.group: CameraGroup | None = None
         self.batched = False
+        # The model's svlm_settings.json as the node read it at configure (None: it has none),
+        # the file, and the warning when it was trained on another framing ('' when none).
+        self.model_settings: ModelSettings | None = None
+        self.model_settings_source = ""
+        self.model_settings_warning = ""
+
+    @property
+    def sampling(self) -> SamplingConfig | None:
+        """The narration sampling in use (the sessions', ``top_k``/``top_p`` resolved from the
+        checkpoint's generation config); None while no session exists."""
+        session = self.cameras[0].session if self.cameras else None
+        return session.sampling if session is not None else None
 
     def camera(self, name: str) -> CameraStream | None:
         """The camera called ``name``, or None."""
@@ -179,6 +193,9 @@ class Streams:
             f"{loaded.attn_implementation}); cache bound {sessions[0].bound} tokens per camera"
             + (f"; the {len(self.cameras)} cameras decode as one batch" if self.batched else "")
         )
+        self.logger.info(
+            "narration sampling: "
+            + narrator_params.describe_sampling(sessions[0].sampling, values))
 
     def run_paths(self) -> tuple[str, str]:
         """``(decode path, prefill path)`` of the cameras' sessions (``batched`` decode for a
@@ -252,7 +269,8 @@ class Streams:
                 ) from error
             self.config = config
             self.config_values = self._stream_values()
-        self.logger.info(f"streams restarted ({reason})")
+            sampling = narrator_params.describe_sampling(self.sampling, self.values)
+        self.logger.info(f"streams restarted ({reason}); narration sampling: {sampling}")
 
     def _stream_values(self) -> dict[str, Any]:
         return {name: self.values[name] for name in narrator_params.STREAM_PARAMETERS}

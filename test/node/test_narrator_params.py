@@ -8,6 +8,7 @@ import pytest
 import yaml
 from rcl_interfaces.msg import ParameterType
 
+from svlm_ros.engine.model_settings import ModelSettings
 from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
 from svlm_ros.node import parameters as narrator_params
 from svlm_ros.node.parameters import (
@@ -118,7 +119,13 @@ def test_camera_specs_one_per_topic():
         ({"fps": 2.5}, "whole number"),
         ({"fps": 1.0, "period": 1.0}, "multiple of the model's temporal patch size 2"),
         ({"min_pixels": 700_000}, "min_pixels <= max_pixels"),
-        ({"top_p": 0.0}, "top_p must be in [0.01, 1.0]"),
+        ({"top_p": 0.0}, "top_p must be -1.0 (from the checkpoint) or in (0.0, 1.0], got 0.0"),
+        ({"top_p": -0.5}, "top_p must be -1.0 (from the checkpoint) or in (0.0, 1.0]"),
+        ({"top_p": 1.5}, "top_p must be -1.0 (from the checkpoint) or in (0.0, 1.0]"),
+        ({"top_p": -1}, "top_p must be a finite double"),
+        ({"top_k": -2}, "top_k must be -1 (from the checkpoint) or in [0, 1000000], got -2"),
+        ({"top_k": 2.0}, "top_k must be a finite int"),
+        ({"previous_text": 3}, "previous_text must be a finite string"),
         ({"temperature": -0.1}, "temperature must be in"),
         ({"max_new_tokens": 0}, "max_new_tokens must be in"),
         ({"fps": 2}, "fps must be a finite double"),
@@ -164,8 +171,60 @@ def test_stream_config_from_parameters():
     # Empty prompts mean the built-in ones.
     assert config.system_prompt == DEFAULT_SYSTEM_PROMPT
     assert config.instruction == DEFAULT_INSTRUCTION
-    custom = stream_config(with_values(system_prompt="S.", instruction="I."))
-    assert (custom.system_prompt, custom.instruction) == ("S.", "I.")
+    assert config.previous_text == ""
+    custom = stream_config(with_values(system_prompt="S.", instruction="I.",
+                                       previous_text="A kitchen."))
+    assert (custom.system_prompt, custom.instruction, custom.previous_text) == (
+        "S.", "I.", "A kitchen.")
+
+
+def test_top_k_and_top_p_left_at_minus_one_come_from_the_checkpoint():
+    # -1 (the defaults) leaves them to the checkpoint's generation_config.json ...
+    sampling = stream_config(defaults()).sampling
+    assert (sampling.top_k, sampling.top_p) == (None, None)
+    assert problems(with_values(top_k=0, top_p=1.0)) == []
+    # ... any other value is used as it is (top_k 0: off).
+    sampling = stream_config(with_values(top_k=0, top_p=0.8)).sampling
+    assert (sampling.top_k, sampling.top_p) == (0, 0.8)
+    assert stream_config(with_values(top_k=7)).sampling.top_k == 7
+    # Resolved as generate would: the checkpoint's values, else transformers' 50 and 1.0.
+    checkpoint = type("GenerationConfig", (), {"top_k": 20, "top_p": 0.8})()
+    assert stream_config(defaults()).sampling.resolved(checkpoint).top_k == 20
+    assert stream_config(defaults()).sampling.resolved(None).top_k == 50
+    assert stream_config(with_values(top_k=5)).sampling.resolved(checkpoint).top_k == 5
+
+
+def test_sampling_descriptors_say_what_minus_one_means():
+    top_k = SPECS["top_k"].descriptor()
+    # A ROS range is one interval, which -1 lies outside: the node's own check enforces it.
+    assert top_k.type == ParameterType.PARAMETER_INTEGER and not top_k.integer_range
+    assert "-1 or [0, 1000000]; -1: from the checkpoint" in top_k.additional_constraints
+    top_p = SPECS["top_p"].descriptor()
+    assert not top_p.floating_point_range
+    assert "-1.0 or (0.0, 1.0]" in top_p.additional_constraints
+
+
+def test_the_model_setting_parameters_are_the_settings_file_keys():
+    fields = set(ModelSettings.__dataclass_fields__) - {"format"}
+    assert set(narrator_params.MODEL_SETTING_PARAMETERS) == fields
+    for name in narrator_params.MODEL_SETTING_PARAMETERS:
+        assert SPECS[name].restarts_stream and not SPECS[name].read_only, name
+        assert narrator_params.MODEL_SETTING_NOTE in SPECS[name].description, name
+    assert "svlm_settings.json" in SPECS["model_path"].description
+
+
+def test_the_sampling_in_use_is_described_with_where_it_came_from():
+    from svlm_ros.engine.decoding import SamplingConfig
+
+    sampling = SamplingConfig().resolved(None)
+    assert narrator_params.describe_sampling(sampling, defaults()) == (
+        "temperature 0.9, top_k 50 (from the checkpoint), top_p 1 (from the checkpoint), "
+        "repetition_penalty 1.05")
+    chosen = SamplingConfig(top_k=5, top_p=0.5).resolved(None)
+    assert narrator_params.describe_sampling(chosen, with_values(top_k=5, top_p=0.5)) == (
+        "temperature 0.9, top_k 5, top_p 0.5, repetition_penalty 1.05")
+    assert narrator_params.describe_sampling(SamplingConfig(temperature=0.0)) == (
+        "greedy (temperature 0), repetition_penalty 1.05")
 
 
 def test_model_device_auto_resolves_to_what_torch_sees():
@@ -177,10 +236,17 @@ def test_model_device_auto_resolves_to_what_torch_sees():
 
 
 def test_shipped_yaml_lists_every_parameter_with_its_default():
-    data = yaml.safe_load((SOURCE / "config" / "narrator.yaml").read_text())
-    values = data["/**"]["ros__parameters"]
+    text = (SOURCE / "config" / "narrator.yaml").read_text()
+    values = yaml.safe_load(text)["/**"]["ros__parameters"]
     assert values.pop("use_sim_time") is False
-    assert values == defaults()
+    # The ones a model's svlm_settings.json gives are commented out: a params file that set
+    # them would outrank the model's own settings.
+    model_settings = set(narrator_params.MODEL_SETTING_PARAMETERS)
+    assert values == {k: v for k, v in defaults().items() if k not in model_settings}
+    commented = yaml.safe_load("\n".join(
+        line.strip().removeprefix("# ") for line in text.splitlines()
+        if any(line.strip().startswith(f"# {name}: ") for name in model_settings)))
+    assert commented == {k: v for k, v in defaults().items() if k in model_settings}
 
 
 def test_readme_table_is_the_parameter_table():

@@ -9,6 +9,7 @@ Each test here failed before the fix it names (issue 10's review).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.srv import GetState
 from narrator_harness import raw_image
 from rclpy.context import Context
@@ -28,6 +30,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from svlm_ros.engine.camera_group import CameraGroup
+from svlm_ros.engine.model_settings import ModelSettings, write_settings
 from svlm_ros.engine.streaming_session import GenerationInterrupted
 from svlm_ros.msg import Narration, NarratorStatus
 from svlm_ros.node import narration_worker
@@ -445,7 +448,7 @@ def test_a_bad_round_in_a_batch_costs_only_its_own_camera(running, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("left camera's round is broken")
 
-    monkeypatch.setattr(left.session, "_open_round", broken)
+    monkeypatch.setattr(left.session, "open_round", broken)
     narrator.feed()
     narrator.wait_for(lambda: _narrated(narrator, "right") >= 3, 60.0, "right's narrations")
     assert _narrated(narrator, "left") == 0
@@ -474,3 +477,159 @@ def test_an_interrupted_batch_is_not_rerun_camera_by_camera(running, monkeypatch
                       "interrupted rounds on both cameras")
     assert alone == []
     assert all("GenerationInterrupted" in c.stats.last_round_error for c in streams.cameras)
+
+
+# ----- a model's svlm_settings.json ----------------------------------------------------------
+
+
+class RecordingLogger:
+    """The node's logger, with what was logged kept as ``(level, message)``. One method per
+    level: rclpy refuses one call site that logs at two severities."""
+
+    def __init__(self, logger) -> None:
+        self._logger = logger
+        self.lines: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._logger, name)
+
+    def info(self, message, **kwargs):
+        self.lines.append(("info", message))
+        return self._logger.info(message, **kwargs)
+
+    def warning(self, message, **kwargs):
+        self.lines.append(("warning", message))
+        return self._logger.warning(message, **kwargs)
+
+    def error(self, message, **kwargs):
+        self.lines.append(("error", message))
+        return self._logger.error(message, **kwargs)
+
+
+def _wait(future, timeout: float = 10.0):
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    assert done.wait(timeout), "no answer from the parameter service"
+    return future.result()
+
+
+def test_a_models_settings_file_gives_the_defaults_and_given_values_win(running,
+                                                                         tiny_model_path,
+                                                                         tmp_path):
+    # The tiny model, with the settings it "was trained with" in an older format, and a
+    # generation config that sets top_k and top_p.
+    model = tmp_path / "model"
+    model.mkdir()
+    for item in tiny_model_path.iterdir():
+        if item.name != "generation_config.json":
+            (model / item.name).symlink_to(item)
+    generation = json.loads((tiny_model_path / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**generation, "top_k": 20,
+                                                              "top_p": 0.8}))
+    write_settings(model, ModelSettings(
+        format="svlm-v0", fps=2.0, period=1.0, max_pixels=12544, min_pixels=3136,
+        max_new_tokens=3, text_sink_tokens=32, text_window_tokens=64, vision_window_seconds=4,
+        system_prompt="You watch a test card.", instruction="Say its colour.",
+        previous_text="A grey card.",
+    ))  # fmt: skip
+    # The harness gives max_pixels 12544 (the file's too), min_pixels and max_new_tokens 2.
+    narrator = running(model_path=str(model))
+    node = narrator.node
+    logger = RecordingLogger(node.get_logger())
+    node._logger = logger
+    node._streams.logger = logger
+    diagnostics = []
+    narrator.client.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    # A value a user sets before configure is given too.
+    parameters = AsyncParameterClient(narrator.client, f"{narrator.namespace}/narrator")
+    assert parameters.wait_for_services(timeout_sec=10.0)
+    results = _wait(parameters.set_parameters([Parameter("text_window_tokens", value=100)]))
+    assert results.results[0].successful
+
+    narrator.start()
+    config = node._streams.config
+    # Not given: the file's.
+    assert (config.cache.vision_window_seconds, config.cache.text_sink_tokens) == (4, 32)
+    assert (config.system_prompt, config.instruction, config.previous_text) == (
+        "You watch a test card.", "Say its colour.", "A grey card.")
+    # Given (command line, or set by a user): kept.
+    assert (config.max_new_tokens, config.cache.text_window_tokens) == (2, 100)
+    # The parameters say so over DDS too.
+    names = ["vision_window_seconds", "previous_text", "max_new_tokens", "text_window_tokens"]
+    answer = _wait(parameters.get_parameters(names))
+    assert [answer.values[0].integer_value, answer.values[1].string_value,
+            answer.values[2].integer_value, answer.values[3].integer_value] == [
+        4, "A grey card.", 2, 100]
+
+    source = model / "svlm_settings.json"
+    warnings = [message for level, message in logger.lines if level == "warning"]
+    assert len(warnings) == 3, warnings
+    assert "trained on another conversation framing" in warnings[0]
+    assert f"{source} says format 'svlm-v0'" in warnings[0]
+    assert warnings[1:] == [
+        f"max_new_tokens: the given 2 is used, not the 3 the model was trained with ({source})",
+        f"text_window_tokens: the given 100 is used, not the 64 the model was trained with "
+        f"({source})",
+    ]
+    infos = [message for level, message in logger.lines if level == "info"]
+    assert any(message.startswith(f"model settings from {source} (format svlm-v0): ")
+               and "vision_window_seconds=4" in message for message in infos), infos
+    assert ("narration sampling: temperature 0.9, top_k 20 (from the checkpoint), top_p 0.8 "
+            "(from the checkpoint), repetition_penalty 1.05") in infos
+
+    # /diagnostics reports the sampling in use and the model's settings.
+    name = f"{node.get_fully_qualified_name()}: node"
+
+    def reported():
+        for array in reversed(diagnostics):
+            for status in array.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if status.name == name and values.get("state") == "active":
+                    return status, values
+        return None
+
+    deadline = time.monotonic() + 10.0
+    while (found := reported()) is None:
+        assert time.monotonic() < deadline, "no /diagnostics from the active node"
+        time.sleep(0.05)
+    status, values = found
+    assert {key: values[key] for key in ("temperature", "top_k", "top_p", "repetition_penalty",
+                                         "model_settings", "model_format")} == {
+        "temperature": "0.9", "top_k": "20", "top_p": "0.8", "repetition_penalty": "1.05",
+        "model_settings": str(source), "model_format": "svlm-v0"}
+    assert "retrained" in values["model_settings_warning"]
+    assert status.level == DiagnosticStatus.WARN and "retrain" in status.message
+
+
+def test_a_broken_settings_file_refuses_configure_naming_file_and_key(running,
+                                                                      tiny_model_path,
+                                                                      tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for item in tiny_model_path.iterdir():
+        (model / item.name).symlink_to(item)
+    (model / "svlm_settings.json").write_text(json.dumps({"format": "streamingvlm-v1"}))
+    narrator = running(model_path=str(model))
+    assert narrator.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    error = narrator.node._streams.error
+    assert error.startswith(f"configure failed: {model / 'svlm_settings.json'}: key 'fps' is "
+                            "missing"), error
+
+
+def test_settings_the_node_cannot_run_refuse_configure_with_the_reason(running,
+                                                                       tiny_model_path,
+                                                                       tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for item in tiny_model_path.iterdir():
+        (model / item.name).symlink_to(item)
+    write_settings(model, ModelSettings(
+        format="streamingvlm-v1", fps=3.0, period=1.0, max_pixels=12544, min_pixels=3136,
+        max_new_tokens=2, text_sink_tokens=32, text_window_tokens=64, vision_window_seconds=4,
+        system_prompt="", instruction="", previous_text="",
+    ))  # fmt: skip
+    narrator = running(model_path=str(model))
+    assert narrator.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    error = narrator.node._streams.error
+    assert f"the settings of {model / 'svlm_settings.json'} cannot be used" in error, error
+    assert "multiple of the model's temporal patch size 2" in error, error

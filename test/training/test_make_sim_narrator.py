@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 from svlm_training import sim_narrator
+from svlm_training.train_config import TrainConfig
 
 from svlm_ros.engine.model_loading import load_model
+from svlm_ros.engine.model_settings import ENGINE_FORMAT, read_settings
 
 TOY = ["--bags", "2", "--bag-seconds", "10", "--steps", "2"]
 
@@ -18,6 +20,14 @@ def test_a_toy_narrator_is_made_and_a_second_stage_continues_it(tmp_path, capsys
     assert recipe["command"].startswith("svlm-make-sim-narrator OUT --bags 2 --bag-seconds 10")
     assert recipe["earlier_stages"] == []
     assert recipe["narrator_settings"] == sim_narrator.NARRATOR_SETTINGS
+    # The node reads the same settings from the folder, with the prompts and format it was
+    # trained with.
+    settings = read_settings(first)
+    assert settings == sim_narrator.narrator_settings()
+    assert settings.format == ENGINE_FORMAT
+    assert {k: v for k, v in settings.parameters().items()
+            if k in sim_narrator.NARRATOR_SETTINGS} == sim_narrator.NARRATOR_SETTINGS
+    assert settings.system_prompt == TrainConfig(data="", model="", out="").system_prompt
     load_model(str(first), device="cpu")  # a loadable checkpoint
 
     second = tmp_path / "second"

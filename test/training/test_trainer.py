@@ -12,11 +12,13 @@ import torch
 from bag_factory import BagSpec, write_bag
 from safetensors.torch import load_file
 from svlm_training.adaptation import lora_target_pattern, prepare_trainable
+from svlm_training.chunking import ChunkConfig
 from svlm_training.train_config import TrainConfig
 from svlm_training.trainer import ChunkOrder, cosine_schedule, main
 from training_helpers import TEXTS, mean_loss, train_args
 
 from svlm_ros.engine.model_loading import load_model
+from svlm_ros.engine.model_settings import ENGINE_FORMAT, ModelSettings, read_settings
 from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
 
 STEPS = 12
@@ -64,6 +66,14 @@ def test_loss_goes_down_and_the_export_narrates_in_the_engine(lora_run, dataset,
                  "chat_template.jinja"):
         assert (export / name).is_file(), name
     assert not any("lora" in key for key in load_file(export / "model.safetensors"))
+    # The settings it was trained with, for the node: the dataset's frames, the run's chunking.
+    assert read_settings(export) == ModelSettings(
+        format=ENGINE_FORMAT, fps=2.0, period=1.0, max_pixels=6272, min_pixels=3136,
+        max_new_tokens=20, text_sink_tokens=512, text_window_tokens=512,
+        vision_window_seconds=4,  # the engine's 16 s, cut to the 4 s chunks it trained on
+        system_prompt=ChunkConfig.system_prompt, instruction=ChunkConfig.instruction,
+        previous_text="",
+    )  # fmt: skip
     loaded = load_model(export)
     session = StreamingSession(loaded, StreamConfig(max_pixels=6272, min_pixels=3136))
     from bag_factory import frame_for
@@ -85,7 +95,10 @@ def test_every_checkpoint_carries_its_config(lora_run, dataset, tiny_model_path)
     assert config.model == str(tiny_model_path) and config.data == str(dataset[1])
     assert config.method == "lora" and config.chunk_seconds == 4 and config.lr == 5e-3
     state = json.loads((lora_run / "checkpoint-8" / "trainer_state.json").read_text())
-    assert state == {"step": 8, "total_steps": STEPS, "global_batch": 1, "world_size": 1}
+    # ``stream``: what the model saw, from the dataset (the export writes it beside the model).
+    assert state == {"step": 8, "total_steps": STEPS, "global_batch": 1, "world_size": 1,
+                     "stream": {"fps": 2.0, "period": 1.0, "max_pixels": 6272,
+                                "min_pixels": 3136}}
     weights = load_file(lora_run / "checkpoint-8" / "trainable.safetensors")
     assert weights and all("lora_" in name for name in weights)
     assert not any("visual" in name for name in weights)
@@ -221,5 +234,29 @@ def test_svlm_export_of_an_earlier_checkpoint(lora_run, tmp_path, capsys):
     assert changed
     assert all(k.startswith(("model.layers.", "model.language_model.")) for k in changed)
     assert load_model(out).model.config.model_type == "qwen2_5_vl"
+    assert read_settings(out) == read_settings(lora_run / "model")
     assert export([str(lora_run / "checkpoint-8"), "--out", str(out)]) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_svlm_export_takes_the_frames_from_the_dataset_when_the_checkpoint_lacks_them(
+        lora_run, dataset, tmp_path, capsys):
+    from svlm_training.export import main as export
+
+    # A checkpoint written before checkpoints kept the dataset's frame settings.
+    old = tmp_path / "checkpoint-8"
+    shutil.copytree(lora_run / "checkpoint-8", old)
+    state = json.loads((old / "trainer_state.json").read_text())
+    del state["stream"]
+    (old / "trainer_state.json").write_text(json.dumps(state))
+    config = json.loads((old / "train_config.json").read_text())
+    config["data"] = str(tmp_path / "gone")
+    (old / "train_config.json").write_text(json.dumps(config))
+    out = tmp_path / "model"
+    assert export([str(old), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "cannot tell the frame rate and pixels" in error and "--data" in error, error
+    assert not out.exists()
+    # --data names the dataset: its manifest has them.
+    assert export([str(old), "--out", str(out), "--data", str(dataset[1])]) == 0
+    assert read_settings(out) == read_settings(lora_run / "model")

@@ -18,8 +18,10 @@ One command, the same steps a robot team takes with its own bags:
    until about step 5,000 of a 10,000-step run, when the loss fell from 0.5 to 0.2; the
    committed narrator took three such runs, each continuing the last (``--init-from``,
    ``scripts/make_sim_narrator.sh``): colours, then shapes and kinds, then directions);
-5. the trained model is copied to ``OUT`` with ``svlm_recipe.json``: the settings the narrator
-   must use (``config/sim_demo.yaml`` has them) and the command that made it.
+5. the trained model is copied to ``OUT`` with ``svlm_settings.json`` (the settings the narrator
+   must use, which the node reads from the model folder: ``NARRATOR_SETTINGS``, the prompts it
+   was trained with and the engine's format) and ``svlm_recipe.json`` (those settings again and
+   the command that made it).
 
 Defaults take about 30 minutes on a 2-core CPU. Everything runs in a work folder
 (``--work``, default a temporary one) and ``OUT`` is written only at the end.
@@ -37,9 +39,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from svlm_ros.engine.model_settings import ENGINE_FORMAT, ModelSettings, write_settings
 from svlm_ros.engine.tiny_model import make_tiny_checkpoint
 from svlm_ros.sim.bag_writer import BagSettings, write_world_bag
 from svlm_ros.sim.world import COLOURS, DIRECTIONS, SHAPES, World, WorldConfig
+from svlm_training.train_config import TrainConfig
 
 #: Settings the narrator must run with to see what it was trained on.
 NARRATOR_SETTINGS = {
@@ -56,6 +60,15 @@ NARRATOR_SETTINGS = {
 CHUNK_SECONDS, OVERLAP_SECONDS = 8, 4
 IMAGE_TOPIC = "/camera/image_raw"
 TEXT_TOPIC = "/svlm/ground_truth"
+
+
+def narrator_settings() -> ModelSettings:
+    """``svlm_settings.json`` of a sim narrator: ``NARRATOR_SETTINGS``, and the prompts
+    ``svlm-train`` renders its chunks with when given none (the engine's), in its format."""
+    defaults = TrainConfig(data="", model="", out="")
+    return ModelSettings(format=ENGINE_FORMAT, **NARRATOR_SETTINGS,
+                         system_prompt=defaults.system_prompt, instruction=defaults.instruction,
+                         previous_text=getattr(defaults, "previous_text", ""))
 
 
 def world_vocabulary() -> list[str]:
@@ -181,6 +194,7 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
             "minutes": round((time.perf_counter() - started) / 60, 1),
         }
         (staging / "svlm_recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        write_settings(staging, narrator_settings())
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

@@ -39,7 +39,7 @@ from svlm_training.checkpoints import (
 )
 from svlm_training.chunking import IGNORE, ChunkRenderer, ChunkSample, plan_chunks
 from svlm_training.dataset_format import SecondsDataset
-from svlm_training.export import save_merged
+from svlm_training.export import STREAM_KEYS, save_merged, trained_settings
 from svlm_training.plots import plot_loss
 from svlm_training.train_config import TrainConfig, build_parser, config_from_args
 
@@ -195,6 +195,8 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
         min_pixels=int(dataset.manifest["min_pixels"]), fps=dataset.fps,
     )
     chunks = plan_chunks(dataset.episodes(), config.chunk_config())
+    # What the model saw, kept in every checkpoint and written beside the exported model.
+    trained_stream = {key: dataset.manifest[key] for key in STREAM_KEYS}
     global_batch = config.grad_accum * context.world_size
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * len(chunks) / global_batch))
     order = ChunkOrder(len(chunks), global_batch, config.seed)
@@ -292,7 +294,7 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
             if done or (config.save_every and (step + 1) % config.save_every == 0):
                 _save(out, step + 1, model, optimizer, scheduler, config, context,
                       {"total_steps": total_steps, "global_batch": global_batch,
-                       "world_size": context.world_size})
+                       "world_size": context.world_size, "stream": trained_stream})
     finally:
         # On an error the step being rendered ahead is not waited for.
         prefetch.shutdown(wait=False, cancel_futures=True)
@@ -316,7 +318,8 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
         if records:
             plot_loss(records, out / "loss.png")
         if config.export:
-            summary["model"] = str(save_merged(model, loaded.processor, out / "model"))
+            summary["model"] = str(save_merged(model, loaded.processor, out / "model",
+                                               settings=trained_settings(config, trained_stream)))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     dist_utils.barrier(context)
     return summary
