@@ -41,10 +41,11 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from svlm_ros.engine.cache_policy import CachePolicyConfig, EvictionPlan
 from svlm_ros.engine.decoding import SamplingConfig
+from svlm_ros.engine.frame_sampler import MAX_STREAM_SECONDS
 from svlm_ros.engine.model_loading import load_model
 from svlm_ros.engine.model_shapes import MODEL_SHAPES, build_shaped_model
 from svlm_ros.engine.static_prefill import PREFILL_PATHS
-from svlm_ros.engine.streaming_session import MAX_STREAM_SECONDS, StreamConfig, StreamingSession
+from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
 from svlm_ros.engine.vision_input import VideoBlock
 
 CAMERA_RATE_HZ = 30

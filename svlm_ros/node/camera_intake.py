@@ -4,9 +4,11 @@ An image callback asks the camera's frame sampler whether the frame is needed, c
 to RGB only then (a 30 Hz camera at fps 2 has 28 of 30 frames per second that are not), hands
 it over and returns: it never runs the model. Each camera has its own mutually exclusive
 callback group, so a camera's frames stay in order while cameras are taken in parallel. One
-bad message is counted and dropped; it never ends the node. Every arrival is also recorded
-for the transport monitor (frames lost before the node), and the newest frame's stamp and
-arrival time map the node clock to the camera clock (for closing periods on time).
+bad message is counted and dropped; it never ends the node. With ``qos_reliability: auto`` each
+subscription takes the reliability and durability its publishers offer (``qos_matching.py``),
+re-checked every ``QOS_RECHECK_SECONDS`` while publishers come and go. Every arrival is also
+recorded for the transport monitor (frames lost before the node), and the newest frame's stamp
+and arrival time map the node clock to the camera clock (for closing periods on time).
 """
 
 from __future__ import annotations
@@ -22,8 +24,18 @@ from sensor_msgs.msg import CompressedImage, Image
 from svlm_ros.engine.frame_sampler import FrameRejected
 from svlm_ros.engine.vision_input import fit_frame_size
 from svlm_ros.image_conversion import compressed_image_to_rgb, image_message_to_rgb
+from svlm_ros.node.qos_matching import (
+    RELIABLE,
+    TRANSIENT_LOCAL,
+    QosChoice,
+    choose_qos,
+    offers_from_endpoints,
+)
 from svlm_ros.node.stamps import stamp_to_seconds
 from svlm_ros.node.streams import CameraStream, Streams
+
+#: How often ``qos_reliability: auto`` looks at a camera topic's publishers again.
+QOS_RECHECK_SECONDS = 2.0
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -71,6 +83,9 @@ class CameraIntake:
         self._values = values
         self._on_sampled = on_sampled
         self._subscriptions: dict[str, Any] = {}
+        #: Per camera, the QoS subscribed with and why (``qos_reliability: auto``, or given).
+        self.qos_choices: dict[str, QosChoice] = {}
+        self._recheck_timer = None
         self._groups = {
             camera.spec.name: MutuallyExclusiveCallbackGroup() for camera in streams.cameras
         }
@@ -80,32 +95,66 @@ class CameraIntake:
         """Executor threads the intake can use at once (one per camera)."""
         return len(self._groups)
 
+    @property
+    def auto_qos(self) -> bool:
+        return self._values["qos_reliability"] == "auto"
+
     def subscribe(self) -> None:
         """Subscribe to every camera that has no subscription yet."""
         for camera in self._streams.cameras:
             if camera.spec.name not in self._subscriptions:
                 self._subscriptions[camera.spec.name] = self._subscribe(camera)
+        if self.auto_qos and self._recheck_timer is None:
+            self._recheck_timer = self._node.create_timer(QOS_RECHECK_SECONDS, self.recheck_qos)
 
     def unsubscribe(self) -> None:
         """Destroy every image subscription."""
+        if self._recheck_timer is not None:
+            self._node.destroy_timer(self._recheck_timer)
+            self._recheck_timer = None
         for subscription in self._subscriptions.values():
             self._node.destroy_subscription(subscription)
         self._subscriptions.clear()
 
-    def _qos(self) -> QoSProfile:
-        reliability = (
-            ReliabilityPolicy.RELIABLE
-            if self._values["qos_reliability"] == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT
-        )
+    def _choose(self, camera: CameraStream) -> QosChoice:
+        if not self.auto_qos:
+            given = self._values["qos_reliability"]
+            return QosChoice(given, "volatile", -1, f"qos_reliability: {given} (given)")
+        endpoints = self._node.get_publishers_info_by_topic(camera.spec.subscription_topic)
+        return choose_qos(offers_from_endpoints(endpoints))
+
+    def recheck_qos(self) -> None:
+        """Resubscribe a camera whose publishers now offer another QoS (``auto`` only)."""
+        for camera in self._streams.cameras:
+            name = camera.spec.name
+            if name not in self._subscriptions:
+                continue
+            choice = self._choose(camera)
+            held = self.qos_choices.get(name)
+            if held and (held.reliability, held.durability) == (choice.reliability,
+                                                                choice.durability):
+                # The reason's publisher count may change.
+                self.qos_choices[name] = camera.qos_choice = choice
+                continue
+            self._node.destroy_subscription(self._subscriptions.pop(name))
+            self._subscriptions[name] = self._subscribe(camera, choice)
+
+    def _qos(self, choice: QosChoice) -> QoSProfile:
         return QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=self._values["qos_depth"],
-            reliability=reliability,
-            durability=DurabilityPolicy.VOLATILE,
+            reliability=(ReliabilityPolicy.RELIABLE if choice.reliability == RELIABLE
+                         else ReliabilityPolicy.BEST_EFFORT),
+            durability=(DurabilityPolicy.TRANSIENT_LOCAL if choice.durability == TRANSIENT_LOCAL
+                        else DurabilityPolicy.VOLATILE),
         )
 
-    def _subscribe(self, camera: CameraStream):
+    def _subscribe(self, camera: CameraStream, choice: QosChoice | None = None):
+        choice = choice or self._choose(camera)
+        self.qos_choices[camera.spec.name] = camera.qos_choice = choice
+        self._node.get_logger().info(
+            f"camera {camera.spec.name}: subscribing {camera.spec.subscription_topic} "
+            f"{choice.reliability}/{choice.durability} ({choice.reason})")
         compressed = camera.spec.transport == "compressed"
         callback: Callable[[Any], None] = (
             (lambda message: self._on_compressed_image(camera, message))
@@ -116,7 +165,7 @@ class CameraIntake:
             CompressedImage if compressed else Image,
             camera.spec.subscription_topic,
             callback,
-            self._qos(),
+            self._qos(choice),
             callback_group=self._groups[camera.spec.name],
         )
 

@@ -54,6 +54,7 @@ from svlm_ros.engine import model_settings
 from svlm_ros.node import parameters as narrator_params
 from svlm_ros.node.ask_service import AskService
 from svlm_ros.node.camera_intake import CameraIntake
+from svlm_ros.node.model_defaults import model_defaults
 from svlm_ros.node.narration_worker import NarrationWorker
 from svlm_ros.node.status_reporter import StatusReporter
 from svlm_ros.node.streams import Streams
@@ -255,7 +256,7 @@ class NarratorNode(LifecycleNode):
         model_path = self._values["model_path"]
         settings = model_settings.read_settings(model_path) if model_path else None
         source = str(model_settings.settings_path(model_path)) if model_path else ""
-        merged = narrator_params.model_defaults(settings, self._values, self._given, source)
+        merged = model_defaults(settings, self._values, self._given, source)
         logger = self.get_logger()
         for warning in merged.warnings:
             logger.warning(warning)

@@ -11,18 +11,17 @@ mapping, so the node's on-set callback and the unit tests run the very same code
 * ``problems(values)`` lists every reason a parameter set is unusable (ranges, choices, list
   lengths, camera names, and the cross-parameter rules of ``StreamConfig``);
 * ``stream_config(values)`` builds the engine's ``StreamConfig``;
-* ``camera_specs(values)`` turns the three camera lists into one ``CameraSpec`` per camera;
-* ``model_defaults(settings, values, given)`` merges a model's ``svlm_settings.json`` (the
-  settings it was trained with) into the values: the parameters it names
-  (``MODEL_SETTING_PARAMETERS``) take the file's values unless they were given explicitly, and
-  a given value that differs from the file's is kept with a warning.
+* ``camera_specs.camera_specs(values)`` turns the three camera lists into one ``CameraSpec``
+  per camera;
+* ``model_defaults.model_defaults(settings, values, given)`` merges a model's
+  ``svlm_settings.json`` into the values.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -30,26 +29,20 @@ from typing import Any
 from svlm_ros.engine.cache_policy import CachePolicyConfig
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.model_loading import ATTENTION_CHOICES, DTYPE_CHOICES
-from svlm_ros.engine.model_settings import SETTINGS_FILE, ModelSettings, format_warning
+from svlm_ros.engine.model_settings import SETTINGS_FILE, ModelSettings
 from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
 from svlm_ros.engine.static_decode import DECODE_PATHS, FIXED_SHAPE_KERNELS
 from svlm_ros.engine.static_prefill import PREFILL_PATHS
 from svlm_ros.engine.streaming_session import StreamConfig
 from svlm_ros.engine.vision_input import PATCH_FACTOR
+from svlm_ros.node.camera_specs import TRANSPORT_CHOICES, camera_specs
 
-TRANSPORT_CHOICES = ("raw", "compressed")
-RELIABILITY_CHOICES = ("best_effort", "reliable")
+RELIABILITY_CHOICES = ("auto", "best_effort", "reliable")
 BATCH_CAMERAS_CHOICES = ("auto", "on", "off")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Temporal patch size of Qwen2.5-VL's vision encoder; the node re-checks against the loaded
 # checkpoint's own value when it configures.
 DEFAULT_TEMPORAL_PATCH = 2
-# Last path parts that name the image rather than the camera: "/front/image_raw" is "front".
-_IMAGE_TOPIC_SUFFIXES = frozenset(
-    {"image", "image_raw", "image_color", "image_rect", "image_rect_color", "image_mono",
-     "compressed"}
-)  # fmt: skip
-_CAMERA_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 @dataclass(frozen=True)
@@ -220,8 +213,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("image_transports", ["raw"], "Per camera: raw (sensor_msgs/Image) or compressed "
           "(sensor_msgs/CompressedImage, jpeg/png); one value applies to all cameras.",
           read_only=True, choices=TRANSPORT_CHOICES),
-    _spec("qos_reliability", "best_effort", "Reliability of the image subscriptions "
-          "(best_effort is the sensor-data QoS; reliable for reliable-only publishers).",
+    _spec("qos_reliability", "auto", "Reliability of the image subscriptions: auto takes "
+          "what each topic's publishers offer (reliable when all are, else best_effort; "
+          "re-checked every 2 s, shown in /diagnostics); best_effort or reliable to force it.",
           read_only=True, choices=RELIABILITY_CHOICES),
     _spec("qos_depth", 5, "History depth of the image subscriptions (keep-last).",
           read_only=True, minimum=1, maximum=1000),
@@ -293,24 +287,6 @@ MODEL_SETTING_PARAMETERS = tuple(
     f.name for f in dataclass_fields(ModelSettings) if f.name != "format")
 
 
-@dataclass(frozen=True)
-class CameraSpec:
-    """One camera stream as configured.
-
-    Attributes:
-        name: Camera name (messages, ask, status).
-        topic: The configured topic.
-        transport: ``raw`` or ``compressed``.
-        subscription_topic: The topic actually subscribed to (``<topic>/compressed`` for
-            compressed transport).
-    """
-
-    name: str
-    topic: str
-    transport: str
-    subscription_topic: str
-
-
 def defaults() -> dict[str, Any]:
     """``{name: declared default}`` for every parameter (lists copied)."""
     return {spec.name: list(spec.default) if isinstance(spec.default, list) else spec.default
@@ -347,76 +323,6 @@ def value_problem(spec: ParameterSpec, value: Any) -> str | None:
         if bad:
             return f"{spec.name} must be one of {', '.join(spec.choices)}; got {bad[0]!r}"
     return None
-
-
-def derive_camera_name(topic: str) -> str:
-    """A camera name from its topic: ``/front/image_raw`` -> ``front``, ``image`` -> ``image``.
-
-    Image-like last parts (``image_raw``, ``image_rect_color``, ``compressed``, ...) are dropped
-    while something else is left; the remaining parts are joined with ``_``.
-    """
-    parts = [part for part in topic.strip("/").split("/") if part]
-    while len(parts) > 1 and parts[-1] in _IMAGE_TOPIC_SUFFIXES:
-        parts.pop()
-    return "_".join(parts)
-
-
-def subscription_topic(topic: str, transport: str) -> str:
-    """The topic to subscribe to; image_transport puts compressed images at `<base>/compressed`."""
-    if transport == "compressed" and not topic.rstrip("/").endswith("/compressed"):
-        return topic.rstrip("/") + "/compressed"
-    return topic
-
-
-def camera_specs(values: Mapping[str, Any]) -> list[CameraSpec]:
-    """One ``CameraSpec`` per entry of ``camera_topics``.
-
-    Raises:
-        ValueError: empty or repeated topics, list lengths that do not match, or bad or
-            repeated camera names.
-    """
-    topics = list(values["camera_topics"])
-    names = list(values["camera_names"])
-    transports = list(values["image_transports"])
-    if not topics:
-        raise ValueError("camera_topics is empty; give at least one image topic")
-    if any(not topic.strip() for topic in topics):
-        raise ValueError(f"camera_topics has an empty entry: {topics}")
-    if len(set(topics)) != len(topics):
-        raise ValueError(f"camera_topics lists a topic twice: {topics}")
-    if names and len(names) != len(topics):
-        raise ValueError(
-            f"camera_names has {len(names)} entries for {len(topics)} camera_topics; give one "
-            "name per topic or none (names are then derived from the topics)"
-        )
-    if len(transports) not in (1, len(topics)):
-        raise ValueError(
-            f"image_transports has {len(transports)} entries for {len(topics)} camera_topics; "
-            "give one per topic or a single value for all"
-        )
-    if len(transports) == 1:
-        transports = transports * len(topics)
-    for transport in transports:
-        if transport not in TRANSPORT_CHOICES:
-            raise ValueError(
-                f"image_transports entries must be one of {', '.join(TRANSPORT_CHOICES)}; "
-                f"got {transport!r}"
-            )
-    derived = not names
-    if derived:
-        names = [derive_camera_name(topic) for topic in topics]
-    for name in names:
-        if not _CAMERA_NAME_PATTERN.match(name):
-            raise ValueError(
-                f"camera name {name!r} must be non-empty letters, digits, '_', '.' or '-'"
-            )
-    if len(set(names)) != len(names):
-        hint = " (derived from camera_topics; set camera_names)" if derived else ""
-        raise ValueError(f"camera names must be unique, got {names}{hint}")
-    return [
-        CameraSpec(name, topic, transport, subscription_topic(topic, transport))
-        for name, topic, transport in zip(names, topics, transports, strict=True)
-    ]
 
 
 def model_device(value: str) -> str:
@@ -494,89 +400,6 @@ def stream_config(values: Mapping[str, Any]) -> StreamConfig:
         compile_vision=bool(values["compile_vision"]),
         prefill_path=values["prefill_path"],
     )
-
-
-def effective_value(name: str, value: Any) -> Any:
-    """What the stream gets from parameter ``name`` set to ``value``: an empty system prompt or
-    instruction is the built-in one, numbers compare as the parameter's type."""
-    if name == "system_prompt":
-        return value or DEFAULT_SYSTEM_PROMPT
-    if name == "instruction":
-        return value or DEFAULT_INSTRUCTION
-    if SPECS[name].type_name == "double":
-        return float(value)
-    return value
-
-
-@dataclass(frozen=True)
-class ModelDefaults:
-    """What a model's ``svlm_settings.json`` does to the node's parameters.
-
-    Attributes:
-        changes: ``{name: value}`` of the parameters nobody gave that take a new value: the
-            file's, or the built-in default when the model has no settings file.
-        warnings: One line per given parameter whose value differs from the file's (the
-            given one is used), after the format warning when the model was trained on
-            another framing than the engine renders.
-    """
-
-    changes: dict[str, Any]
-    warnings: list[str]
-
-
-def model_defaults(settings: ModelSettings | None, values: Mapping[str, Any],
-                   given: Collection[str], source: str = SETTINGS_FILE) -> ModelDefaults:
-    """Merge a model's settings into parameter values: a parameter given explicitly (a params
-    file, the command line, a launch file, or set at run time) wins; every other one takes the
-    file's value.
-
-    Args:
-        settings: The model's settings (``read_settings``), or None when it has none: the
-            parameters nobody gave then go back to their built-in defaults.
-        values: The parameters' current values.
-        given: Names of the parameters given explicitly.
-        source: The settings file, for the messages.
-    """
-    changes: dict[str, Any] = {}
-    warnings: list[str] = []
-    if settings is not None:
-        warning = format_warning(settings, source)
-        if warning:
-            warnings.append(warning)
-    from_file = settings.parameters() if settings is not None else {}
-    for name in MODEL_SETTING_PARAMETERS:
-        spec = SPECS[name]
-        if name in from_file:
-            target = from_file[name]
-            target = float(target) if spec.type_name == "double" else target
-        else:
-            target = spec.default
-        if name in given:
-            if name in from_file and effective_value(name, values[name]) != effective_value(
-                    name, target):
-                warnings.append(
-                    f"{name}: the given {values[name]!r} is used, not the {target!r} the model "
-                    f"was trained with ({source})")
-        elif values[name] != target or type(values[name]) is not type(target):
-            changes[name] = target
-    return ModelDefaults(changes, warnings)
-
-
-def describe_sampling(sampling: SamplingConfig, values: Mapping[str, Any] | None = None) -> str:
-    """The narration sampling in words, e.g. ``temperature 0.9, top_k 50 (from the checkpoint),
-    top_p 1, repetition_penalty 1.05``; with ``values`` (the parameters), the settings left at
-    -1 are marked as the checkpoint's."""
-    if sampling.greedy:
-        return f"greedy (temperature 0), repetition_penalty {sampling.repetition_penalty:g}"
-
-    def origin(name: str) -> str:
-        if values is not None and values.get(name) == SPECS[name].from_model:
-            return " (from the checkpoint)"
-        return ""
-
-    return (f"temperature {sampling.temperature:g}, top_k {sampling.top_k}{origin('top_k')}, "
-            f"top_p {sampling.top_p:g}{origin('top_p')}, repetition_penalty "
-            f"{sampling.repetition_penalty:g}")
 
 
 def frames_per_round_problem(fps: float, period: float, temporal_patch: int) -> str | None:

@@ -111,7 +111,8 @@ class StatusReporter:
             warning = explain(
                 figures,
                 transport=camera.spec.transport,
-                reliability=self._values["qos_reliability"],
+                reliability=(camera.qos_choice.reliability if camera.qos_choice
+                             else self._values["qos_reliability"]),
             )
             snapshots.append(snapshot)
             transports.append((figures, warning))
@@ -228,6 +229,10 @@ class StatusReporter:
             "frame_rate_received": figures.received_rate,
             "frames_lost_fraction": figures.lost_fraction,
         }
+        if camera.qos_choice is not None:
+            choice = camera.qos_choice
+            values["qos"] = f"{choice.reliability}/{choice.durability}"
+            values["qos_reason"] = choice.reason
         diagnostic.values = [
             KeyValue(key=key, value=_format_value(value)) for key, value in values.items()
         ]

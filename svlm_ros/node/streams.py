@@ -23,8 +23,9 @@ from svlm_ros.engine.model_loading import LoadedModel, load_model
 from svlm_ros.engine.model_settings import ModelSettings
 from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
 from svlm_ros.node import parameters as narrator_params
+from svlm_ros.node.camera_specs import CameraSpec, camera_specs
 from svlm_ros.node.fair_lock import FairLock
-from svlm_ros.node.parameters import CameraSpec
+from svlm_ros.node.model_defaults import describe_sampling
 from svlm_ros.node.stream_stats import CameraSnapshot, CameraStats
 from svlm_ros.node.transport_monitor import ArrivalMonitor
 
@@ -52,6 +53,8 @@ class CameraStream:
         # Frame size last checked against the vision input's limits (aspect ratio).
         self.checked_size: tuple[int, int] | None = None
         self.arrivals = ArrivalMonitor()
+        #: The image subscription's QoS and why (``qos_matching.QosChoice``; set by the intake).
+        self.qos_choice = None
         # Arrival (node clock) minus stamp of the newest frames of the stream: their median
         # is the offset between the clocks plus the usual transport delay.
         self._clock_lock = threading.Lock()
@@ -119,7 +122,7 @@ class Streams:
     def __init__(self, values: Mapping[str, Any], logger: Any) -> None:
         self.values = values
         self.logger = logger
-        self.cameras = [CameraStream(spec) for spec in narrator_params.camera_specs(values)]
+        self.cameras = [CameraStream(spec) for spec in camera_specs(values)]
         self.loaded: LoadedModel | None = None
         self.temporal_patch = narrator_params.DEFAULT_TEMPORAL_PATCH
         # Rounds, asks and stream rebuilds take this lock, in arrival order.
@@ -195,7 +198,7 @@ class Streams:
         )
         self.logger.info(
             "narration sampling: "
-            + narrator_params.describe_sampling(sessions[0].sampling, values))
+            + describe_sampling(sessions[0].sampling, values))
 
     def run_paths(self) -> tuple[str, str]:
         """``(decode path, prefill path)`` of the cameras' sessions (``batched`` decode for a
@@ -269,7 +272,7 @@ class Streams:
                 ) from error
             self.config = config
             self.config_values = self._stream_values()
-            sampling = narrator_params.describe_sampling(self.sampling, self.values)
+            sampling = describe_sampling(self.sampling, self.values)
         self.logger.info(f"streams restarted ({reason}); narration sampling: {sampling}")
 
     def _stream_values(self) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from svlm_ros.engine.model_settings import (
     write_settings,
 )
 from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
+from svlm_ros.node.model_defaults import model_defaults
 from svlm_ros.node.parameters import (
     MODEL_SETTING_PARAMETERS,
     defaults,
-    model_defaults,
     problems,
     stream_config,
 )

@@ -11,17 +11,16 @@ from rcl_interfaces.msg import ParameterType
 from svlm_ros.engine.model_settings import ModelSettings
 from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
 from svlm_ros.node import parameters as narrator_params
+from svlm_ros.node.camera_specs import camera_specs, derive_camera_name, subscription_topic
+from svlm_ros.node.model_defaults import describe_sampling
 from svlm_ros.node.parameters import (
     PARAMETERS,
     SPECS,
     batch_cameras,
-    camera_specs,
     defaults,
-    derive_camera_name,
     parameter_table,
     problems,
     stream_config,
-    subscription_topic,
 )
 
 SOURCE = Path(__file__).resolve().parents[2]
@@ -217,13 +216,13 @@ def test_the_sampling_in_use_is_described_with_where_it_came_from():
     from svlm_ros.engine.decoding import SamplingConfig
 
     sampling = SamplingConfig().resolved(None)
-    assert narrator_params.describe_sampling(sampling, defaults()) == (
+    assert describe_sampling(sampling, defaults()) == (
         "temperature 0.9, top_k 50 (from the checkpoint), top_p 1 (from the checkpoint), "
         "repetition_penalty 1.05")
     chosen = SamplingConfig(top_k=5, top_p=0.5).resolved(None)
-    assert narrator_params.describe_sampling(chosen, with_values(top_k=5, top_p=0.5)) == (
+    assert describe_sampling(chosen, with_values(top_k=5, top_p=0.5)) == (
         "temperature 0.9, top_k 5, top_p 0.5, repetition_penalty 1.05")
-    assert narrator_params.describe_sampling(SamplingConfig(temperature=0.0)) == (
+    assert describe_sampling(SamplingConfig(temperature=0.0)) == (
         "greedy (temperature 0), repetition_penalty 1.05")
 
 
