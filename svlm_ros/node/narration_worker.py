@@ -16,6 +16,9 @@ Woken when a frame was sampled, and at least every ``WORKER_WAKE_SECONDS``, it
   batched round fails, each of its cameras runs alone, so one camera's bad round does not cost
   the others their second.
 
+When no round is due it runs one due watch question (``watcher.Watcher``: one question on
+one camera), so a round that falls due waits for at most one evaluation.
+
 Every round takes the model lock (first come, first served), so an ask waits at most for the
 round in progress. A failed round is rolled back by the engine, logged and counted; the worker
 goes on.
@@ -36,6 +39,7 @@ from svlm_ros.engine.streaming_session import GenerationInterrupted, RoundResult
 from svlm_ros.msg import Narration
 from svlm_ros.node.stamps import seconds_to_stamp
 from svlm_ros.node.streams import CameraStream, StreamRebuildFailed, Streams
+from svlm_ros.node.watcher import Watcher
 
 # The worker wakes at least this often (seconds) to close periods on the clock and to notice
 # shutdown and state changes.
@@ -69,6 +73,7 @@ class NarrationWorker:
         self._on_rebuild_failed = on_rebuild_failed
         self._narration_publisher = node.create_lifecycle_publisher(Narration, "narration", 10)
         self._text_publisher = node.create_lifecycle_publisher(String, "narration_text", 10)
+        self.watcher = Watcher(node, streams, values)
         self._wake = threading.Event()
         # Each thread gets its own stop event: a thread that outlived stop()'s join (stuck in
         # a slow step) still sees its own event set and ends, whatever start() does later.
@@ -132,6 +137,7 @@ class NarrationWorker:
                         ran = self._batch_is_gathered() and self._run_batched_rounds()
                     else:
                         ran = self._run_rounds_one_by_one(stop)
+                    ran = ran or self.watcher.run_one()
                 except Exception as error:  # noqa: BLE001 - the worker must survive
                     if not self._node.context.ok():
                         return  # SIGINT/SIGTERM shut ROS down under a round: just stop
@@ -296,3 +302,4 @@ class NarrationWorker:
             stream_time=float(result.end),
             cache_tokens=int(result.cache_tokens),
         )
+        self.watcher.note_round(camera, result)

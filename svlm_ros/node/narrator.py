@@ -12,7 +12,8 @@ through the lifecycle; the parts do the work:
 
 Names (all relative; the node's default namespace is ``/svlm``, so with no remapping):
 ``/svlm/narrator``; publishes ``narration`` (``svlm_ros/Narration``), ``narration_text``
-(``std_msgs/String``, silent seconds left out), ``answer`` (``svlm_ros/Answer``), ``status``
+(``std_msgs/String``, silent seconds left out), ``answer`` (``svlm_ros/Answer``), ``events``
+(``svlm_ros/WatchEvent``: the watch questions' answers, ``watcher.py``), ``status``
 (``svlm_ros/NarratorStatus``) and ``/diagnostics``; serves ``ask`` (``svlm_ros/srv/Ask``);
 subscribes to each entry of ``camera_topics``.
 

@@ -36,6 +36,7 @@ from svlm_ros.engine.static_prefill import PREFILL_PATHS
 from svlm_ros.engine.streaming_session import StreamConfig
 from svlm_ros.engine.vision_input import PATCH_FACTOR
 from svlm_ros.node.camera_specs import TRANSPORT_CHOICES, camera_specs
+from svlm_ros.node.watch_events import WATCH_PARAMETERS, watch_problems
 
 RELIABILITY_CHOICES = ("auto", "best_effort", "reliable")
 BATCH_CAMERAS_CHOICES = ("auto", "on", "off")
@@ -278,6 +279,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("max_pending_seconds", 4, "Completed seconds queued per camera before the oldest is "
           "dropped; the worker always narrates the newest and skips the rest.",
           restarts_stream=True, minimum=1, maximum=600),
+    # --- watch questions (may be set while running; watch_events.py holds the rows) ----------
+    *(_spec(name, default, text, **options) for name, default, text, options in WATCH_PARAMETERS),
 )
 
 SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
@@ -457,6 +460,7 @@ def problems(
         names = [camera.name for camera in cameras]
         if default and default not in names:
             found.append(f"default_camera {default!r} is not a camera; cameras: {', '.join(names)}")
+    found.extend(watch_problems(values))
     problem = frames_per_round_problem(values["fps"], values["period"], temporal_patch)
     if problem:
         found.append(problem)
