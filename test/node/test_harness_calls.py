@@ -63,6 +63,12 @@ class WithholdingLifecycleServer:
     def close(self) -> None:
         self.released.set()
         self.executor.shutdown(timeout_sec=2.0)
+        # The released callbacks answer from the executor's worker threads. rclpy 9 (Kilted)
+        # joins those in shutdown(); rclpy 7 (Jazzy) does not, and an answer sent after
+        # destroy_node() fails (printed as "exception was never retrieved"): join them here.
+        workers = getattr(self.executor, "_executor", None)
+        if workers is not None:
+            workers.shutdown(wait=True)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
