@@ -4,17 +4,21 @@
 setting below, the installed ``narrator`` (tiny model, the shipped parameter file) and a camera
 publisher in another process on the same host, publishing ``--rate`` Hz for ``--seconds``; it
 reads what the narrator counted (``frames_received`` and its own loss estimate from
-``/status``) and prints one Markdown table row per setting:
+``/status``) and the QoS its camera subscription had (``/diagnostics`` key ``qos``: more than one
+when ``auto`` changed it while the camera ran), and prints one Markdown table row per setting:
 
 * raw ``sensor_msgs/Image`` rgb8 640x480 and 1280x720, the publisher best effort (sensor-data
   QoS, what camera drivers use) or reliable (rclpy's default QoS), the narrator
-  ``qos_reliability`` best_effort (its default) or reliable;
+  ``qos_reliability`` given as best_effort (the default before ``auto``) or reliable, or left
+  at ``auto`` (the shipped default: it subscribes when no publisher exists yet, so best effort
+  at first, then takes the publisher's QoS on its 2 s re-check);
 * the shipped Fast DDS profile (``config/fastdds_large_images.xml``) on neither side, the
   narrator's side only, the publisher's side only, or both;
 * ``sensor_msgs/CompressedImage`` JPEG of the same frames.
 
-Needs a sourced ROS environment with svlm_ros built. Run it on an otherwise quiet machine: a
-busy CPU loses frames too.
+``--only`` (repeatable) runs the settings whose name contains one of its values. Needs a sourced
+ROS environment with svlm_ros built. Run it on an otherwise quiet machine: a busy CPU loses
+frames too (the header line prints the load average).
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ class Setting:
     height: int
     compressed: bool = False
     publisher_reliable: bool = False
-    narrator_reliable: bool = False
+    #: The narrator's ``qos_reliability``: best_effort, reliable or auto.
+    narrator_qos: str = "best_effort"
     profile_publisher: bool = False
     profile_narrator: bool = False
 
@@ -49,7 +54,7 @@ SETTINGS = (
     Setting("raw 640x480, publisher reliable (rclpy default), narrator best effort", 640, 480,
             publisher_reliable=True),
     Setting("raw 640x480, both reliable", 640, 480, publisher_reliable=True,
-            narrator_reliable=True),
+            narrator_qos="reliable"),
     Setting("raw 640x480, best effort, profile on the narrator only", 640, 480,
             profile_narrator=True),
     Setting("raw 640x480, best effort, profile on the publisher only", 640, 480,
@@ -58,11 +63,20 @@ SETTINGS = (
             profile_narrator=True),
     Setting("raw 1280x720, both best effort, no profile", 1280, 720),
     Setting("raw 1280x720, both reliable", 1280, 720, publisher_reliable=True,
-            narrator_reliable=True),
+            narrator_qos="reliable"),
     Setting("raw 1280x720, best effort, profile on the publisher only", 1280, 720,
             profile_publisher=True),
     Setting("compressed 640x480 (JPEG), best effort, no profile", 640, 480, compressed=True),
     Setting("compressed 1280x720 (JPEG), best effort, no profile", 1280, 720, compressed=True),
+    # The shipped default, qos_reliability: auto.
+    Setting("raw 640x480, publisher reliable (rclpy default), narrator auto, no profile", 640,
+            480, publisher_reliable=True, narrator_qos="auto"),
+    Setting("raw 640x480, publisher best effort, narrator auto, no profile", 640, 480,
+            narrator_qos="auto"),
+    Setting("raw 1280x720, publisher reliable (rclpy default), narrator auto, no profile", 1280,
+            720, publisher_reliable=True, narrator_qos="auto"),
+    Setting("compressed 640x480 (JPEG), publisher reliable (rclpy default), narrator auto, "
+            "no profile", 640, 480, compressed=True, publisher_reliable=True, narrator_qos="auto"),
 )  # fmt: skip
 
 
@@ -121,6 +135,7 @@ def run_setting(setting: Setting, arguments, model_path: Path, work: Path) -> st
     """Run one setting; the Markdown row."""
     import rclpy
     from ament_index_python.packages import get_package_prefix, get_package_share_directory
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
 
     from svlm_ros.msg import NarratorStatus
@@ -139,7 +154,7 @@ def run_setting(setting: Setting, arguments, model_path: Path, work: Path) -> st
             "-r", f"__ns:={namespace}",
             "-p", f"model_path:={model_path}",
             "-p", f"image_transports:=[{'compressed' if setting.compressed else 'raw'}]",
-            "-p", f"qos_reliability:={'reliable' if setting.narrator_reliable else 'best_effort'}",
+            "-p", f"qos_reliability:={setting.narrator_qos}",
             "-p", "max_pixels:=100352",
             "-p", "max_new_tokens:=4",
             "-p", "status_period:=0.5",
@@ -156,11 +171,22 @@ def run_setting(setting: Setting, arguments, model_path: Path, work: Path) -> st
     executor.add_node(node)
     statuses: list = []
     node.create_subscription(NarratorStatus, f"{namespace}/status", statuses.append, 10)
+    # The camera subscription's QoS, each value once, in the order seen.
+    qos_seen: list[str] = []
+
+    def on_diagnostics(array) -> None:
+        for entry in array.status:
+            if entry.name == f"{namespace}/narrator: camera camera":
+                qos = next((v.value for v in entry.values if v.key == "qos"), "")
+                if qos and (not qos_seen or qos_seen[-1] != qos):
+                    qos_seen.append(qos)
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     try:
         deadline = time.monotonic() + 120.0
         while not (statuses and statuses[-1].state == "active"):
             if time.monotonic() > deadline or narrator.poll() is not None:
-                return f"| {setting.name} | narrator did not start | | | |"
+                return f"| {setting.name} | narrator did not start | | | | |"
             executor.spin_once(timeout_sec=0.2)
         publisher_env = dict(base_env, ROS_HOME=str(work / "ros_home"))
         if setting.profile_publisher:
@@ -179,8 +205,11 @@ def run_setting(setting: Setting, arguments, model_path: Path, work: Path) -> st
             text=True,
         )
         before = _latest_camera_status(statuses)
+        del qos_seen[:-1]  # what it subscribed with before the camera came
         while camera.poll() is None:
             executor.spin_once(timeout_sec=0.2)
+        # While the camera ran (once it is gone, auto goes back to best effort).
+        qos_while_camera = list(qos_seen)
         # The newest status after the last frames had time to arrive.
         settle = time.monotonic() + 1.5
         while time.monotonic() < settle:
@@ -191,7 +220,8 @@ def run_setting(setting: Setting, arguments, model_path: Path, work: Path) -> st
         narrated = after.seconds_narrated - before.seconds_narrated
         return (
             f"| {setting.name} | {published} | {received} ({100 * received / published:.0f} %) "
-            f"| {after.frames_lost_fraction * 100:.0f} % | {narrated} |"
+            f"| {after.frames_lost_fraction * 100:.0f} % | {narrated} "
+            f"| {' then '.join(qos_while_camera) or 'not seen'} |"
         )
     finally:
         narrator.send_signal(signal.SIGINT)
@@ -208,7 +238,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds of camera input")
     parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
-    parser.add_argument("--only", default="", help="run the settings whose name contains this")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run the settings whose name contains this (repeatable: any of them)")
     parser.add_argument("--model-path", default="", help="checkpoint (default: a tiny one)")
     # The camera process (started by this script).
     parser.add_argument("--publish", action="store_true", help=argparse.SUPPRESS)
@@ -232,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         from svlm_ros.engine.tiny_model import make_tiny_checkpoint
 
         model_path = make_tiny_checkpoint(work / "tiny")
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"{arguments.rate:g} Hz for {arguments.seconds:g} s per setting, one host, "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores, load average {load} (1, 5, 15 min) at the start")
     print("| setting | published | received by the narrator | narrator's loss estimate "
-          "| seconds narrated |")
-    print("|---|---|---|---|---|")
+          "| seconds narrated | narrator's subscription |")
+    print("|---|---|---|---|---|---|")
     for setting in SETTINGS:
-        if arguments.only and arguments.only not in setting.name:
+        if arguments.only and not any(part in setting.name for part in arguments.only):
             continue
         print(run_setting(setting, arguments, Path(model_path), work), flush=True)
     return 0

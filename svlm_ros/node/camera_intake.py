@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -105,7 +106,13 @@ class CameraIntake:
             if camera.spec.name not in self._subscriptions:
                 self._subscriptions[camera.spec.name] = self._subscribe(camera)
         if self.auto_qos and self._recheck_timer is None:
-            self._recheck_timer = self._node.create_timer(QOS_RECHECK_SECONDS, self.recheck_qos)
+            # Steady time, not the node's clock: publishers come and go in wall time, and
+            # under use_sim_time with no /clock yet ROS time stands still (the timer would
+            # never fire) or runs at the simulation's pace.
+            self._recheck_timer = self._node.create_timer(
+                QOS_RECHECK_SECONDS, self.recheck_qos,
+                clock=Clock(clock_type=ClockType.STEADY_TIME),
+            )
 
     def unsubscribe(self) -> None:
         """Destroy every image subscription."""
@@ -115,6 +122,10 @@ class CameraIntake:
         for subscription in self._subscriptions.values():
             self._node.destroy_subscription(subscription)
         self._subscriptions.clear()
+        # No subscription, no QoS: status and /diagnostics no longer show one.
+        self.qos_choices.clear()
+        for camera in self._streams.cameras:
+            camera.qos_choice = None
 
     def _choose(self, camera: CameraStream) -> QosChoice:
         if not self.auto_qos:

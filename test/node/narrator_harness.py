@@ -113,6 +113,7 @@ class CameraFeed:
         rate: float = 30.0,
         clock_offset: float = 0.0,
         seed: int = 0,
+        qos: QoSProfile | None = None,
     ) -> None:
         self.topic = topic
         self.frame_id = frame_id
@@ -126,9 +127,10 @@ class CameraFeed:
         self.jpeg = cv2.imencode(".jpg", self.frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])[
             1
         ].tobytes()
-        # Sensor-data QoS (best effort), but a deep writer history: a burst published faster
-        # than the middleware sends it would otherwise overwrite itself before leaving.
-        qos = QoSProfile(
+        # Unless ``qos`` is given: sensor-data QoS (best effort), but a deep writer history: a
+        # burst published faster than the middleware sends it would otherwise overwrite itself
+        # before leaving.
+        qos = qos or QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=64,
             reliability=ReliabilityPolicy.BEST_EFFORT,
