@@ -113,7 +113,9 @@ def explain(figures: ArrivalFigures, *, transport: str, reliability: str) -> str
     Args:
         figures: The camera's arrival figures.
         transport: ``raw`` or ``compressed``.
-        reliability: The subscription's ``qos_reliability``.
+        reliability: The ``qos_reliability`` parameter (``auto``, ``best_effort`` or
+            ``reliable``); only a forced ``best_effort`` gets the hint to subscribe reliable
+            (``auto`` already does where the camera offers it).
     """
     if not figures.lost_fraction > WARN_LOST_FRACTION:  # also false for NaN
         return ""

@@ -49,6 +49,9 @@ def test_half_the_frames_lost_at_random_is_measured_and_explained():
         transport="compressed", reliability="best_effort",
     )  # fmt: skip
     assert "lost" in compressed and "512 KB" not in compressed
+    # Forced best effort gets the hint to subscribe reliable; auto already does that itself.
+    assert "qos_reliability: reliable" in warning
+    assert "qos_reliability: reliable" not in explain(figures, transport="raw", reliability="auto")
 
 
 def test_stalls_clock_restarts_and_jitter_are_not_loss():
