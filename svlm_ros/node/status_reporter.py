@@ -111,8 +111,8 @@ class StatusReporter:
             warning = explain(
                 figures,
                 transport=camera.spec.transport,
-                reliability=(camera.qos_choice.reliability if camera.qos_choice
-                             else self._values["qos_reliability"]),
+                # auto already subscribes reliable where the camera offers it: no hint then.
+                reliability=self._values["qos_reliability"],
             )
             snapshots.append(snapshot)
             transports.append((figures, warning))
