@@ -1,9 +1,12 @@
 """The ``ask`` service: answers a question from a camera's stream memory, publishes ``answer``.
 
 The service has its own mutually exclusive callback group: one ask at a time, and asks
-never occupy more than one executor thread. An ask takes the model lock (first come, first
-served), so it waits at most for the round in progress and the asks queued before it.
-Every request gets a response: refusals come back as ``success=false`` with the reason.
+never occupy more than one executor thread. The answer itself is decoded on the narration
+worker's thread, like every round (CUDA-graph trees are per thread: an ask decoded here would
+record a second tree and memory pool): the service hands it over (``submit``) and waits for
+it. The worker runs it after the round in progress, so an ask waits at most for that round.
+Every request gets a response: refusals come back as ``success=false`` with the reason, also
+for an ask waiting when the node deactivates or stops (refused at once, not answered later).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,15 +22,18 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from svlm_ros.engine.streaming_session import GenerationInterrupted
+from svlm_ros.engine.streaming_session import Answer, GenerationInterrupted
 from svlm_ros.msg import Answer as AnswerMessage
 from svlm_ros.node.streams import CameraStream, Streams
+from svlm_ros.node.worker_jobs import JobRefused
 from svlm_ros.srv import Ask
 
 # A question longer than this many characters per allowed token is refused without being
 # tokenized (no tokenizer packs that many characters into a token), so a huge request cannot
 # hold the model lock while it is tokenized.
 MAX_QUESTION_CHARS_PER_TOKEN = 32
+# Why an ask of an activation that ended is refused.
+DEACTIVATED = "the narrator was deactivated; activate it to ask"
 
 
 class AskRefused(Exception):
@@ -50,6 +57,8 @@ class AskService:
         streams: The cameras and the shared model.
         values: The node's parameter values (``default_camera``, ``max_question_tokens``).
         lifecycle_state: Returns the node's lifecycle state label (for refusals).
+        submit: Hands a job to the narration worker's thread; returns its future
+            (``NarrationWorker.jobs.submit``).
     """
 
     def __init__(
@@ -58,9 +67,11 @@ class AskService:
         streams: Streams,
         values: Mapping[str, Any],
         lifecycle_state: Callable[[], str],
+        submit: Callable[[Callable[[], Answer]], Future],
     ) -> None:
         self._node = node
         self._lifecycle_state = lifecycle_state
+        self._submit = submit
         self._streams = streams
         self._values = values
         self._lock = threading.Lock()
@@ -102,6 +113,8 @@ class AskService:
         started = time.monotonic()
         question = request.question
         streams = self._streams
+        # The activation this ask belongs to: a deactivation after this refuses it.
+        activation = streams.activation
         try:
             camera = self._camera(request.camera)
             if not question.strip():
@@ -112,22 +125,23 @@ class AskService:
                 raise AskRefused(f"model not loaded (state {state}){detail}")
             if not streams.active:
                 raise AskRefused(f"narrator is not active (state {state}); activate it to ask")
+            if streams.down:
+                raise AskRefused(streams.error)
             budget = self._values["max_question_tokens"]
             if len(question) > budget * MAX_QUESTION_CHARS_PER_TOKEN:
                 raise AskRefused(
                     f"question is {len(question)} characters, far more than "
                     f"max_question_tokens={budget} tokens"
                 )
-            with streams.model_lock:
-                session = camera.session
-                if session is None:
-                    raise AskRefused("model not loaded")
-                try:
-                    answer = session.ask(question)
-                except ValueError as error:  # empty, too long, nothing narrated yet
-                    raise AskRefused(f"camera {camera.spec.name}: {error}") from error
-                except GenerationInterrupted as error:
-                    raise AskRefused("the narrator is stopping; ask again later") from error
+            try:
+                answer = self._submit(lambda: self._answer(camera, question, activation)
+                                      ).result()
+            except JobRefused as refusal:  # deactivated or stopping before it started
+                raise AskRefused(str(refusal)) from refusal
+            with streams.publish_lock:
+                if not streams.still_active(activation):
+                    raise AskRefused(DEACTIVATED)
+                published = self._publish(camera, question, answer, started)
         except AskRefused as refusal:
             return self._refuse(response, str(refusal), started)
         except Exception as error:  # noqa: BLE001 - an ask must always get a response
@@ -136,9 +150,31 @@ class AskService:
         response.success = True
         response.answer = answer.text
         response.message = ""
-        response.latency = float(time.monotonic() - started)
+        response.latency = published.latency
         with self._lock:
             self._answered += 1
+        return response
+
+    def _answer(self, camera: CameraStream, question: str, activation: int) -> Answer:
+        """Decode the answer (on the narration worker's thread)."""
+        streams = self._streams
+        with streams.model_lock:
+            if not streams.still_active(activation):
+                raise AskRefused(DEACTIVATED)
+            session = camera.session
+            if session is None:
+                raise AskRefused(streams.error if streams.down else "model not loaded")
+            try:
+                return session.ask(question)
+            except ValueError as error:  # empty, too long, nothing narrated yet
+                raise AskRefused(f"camera {camera.spec.name}: {error}") from error
+            except GenerationInterrupted as error:
+                if not streams.still_active(activation):
+                    raise AskRefused(DEACTIVATED) from error
+                raise AskRefused("the narrator is stopping; ask again later") from error
+
+    def _publish(self, camera: CameraStream, question: str, answer: Answer,
+                 started: float) -> AnswerMessage:
         published = AnswerMessage()
         published.header.stamp = self._node.get_clock().now().to_msg()
         published.header.frame_id = camera.frame_id
@@ -146,9 +182,9 @@ class AskService:
         published.question = question
         published.answer = answer.text
         published.stream_time = float(camera.stats.stream_time)
-        published.latency = response.latency
+        published.latency = float(time.monotonic() - started)
         self._publisher.publish(published)
-        return response
+        return published
 
     def _refuse(self, response: Ask.Response, reason: str, started: float) -> Ask.Response:
         response.success = False

@@ -19,9 +19,15 @@ Woken when a frame was sampled, and at least every ``WORKER_WAKE_SECONDS``, it
 When no round is due it runs one due watch question (``watcher.Watcher``: one question on
 one camera), so a round that falls due waits for at most one evaluation.
 
-Every round takes the model lock (first come, first served), so an ask waits at most for the
-round in progress. A failed round is rolled back by the engine, logged and counted; the worker
-goes on.
+All model work runs on this thread (CUDA-graph trees are per thread): rounds, stream rebuilds,
+watch questions and the asks the ask service hands over (``worker_jobs.WorkerJobs``): one ask
+runs after each round, so an ask waits at most for the round in progress, and narration is
+delayed by at most one answer. A failed round is rolled back by the engine, logged and
+counted; the worker goes on.
+
+Deactivation (``deactivate``) interrupts the round or answer in progress (it stops at its next
+token and is rolled back) and refuses the asks not started; a result of a round that started
+before a deactivation is discarded: not published, not counted (``Streams.still_active``).
 """
 
 from __future__ import annotations
@@ -38,14 +44,19 @@ from svlm_ros.engine.frame_sampler import SecondOfFrames
 from svlm_ros.engine.streaming_session import GenerationInterrupted, RoundResult
 from svlm_ros.msg import Narration
 from svlm_ros.node.stamps import seconds_to_stamp
-from svlm_ros.node.streams import CameraStream, StreamRebuildFailed, Streams
+from svlm_ros.node.streams import CameraStream, StreamRebuildFailed, Streams, StreamsDown
 from svlm_ros.node.watcher import Watcher
+from svlm_ros.node.worker_jobs import WorkerJobs
 
 # The worker wakes at least this often (seconds) to close periods on the clock and to notice
 # shutdown and state changes.
 WORKER_WAKE_SECONDS = 0.1
-# How long stopping waits for the thread; a round in progress stops at its next token.
-JOIN_TIMEOUT_SECONDS = 10.0
+# How long stopping waits for the thread; a round in progress stops at its next token. The
+# README promises that SIGINT/SIGTERM end the process within 5 s: this, plus the executor's
+# 1 s shutdown and rclpy's, fits. A step with no token to stop at (a first-round
+# torch.compile, a CUDA call) can outlast it: the node is then left alone, not destroyed
+# under the thread (NarratorNode.close), and the process exits.
+JOIN_TIMEOUT_SECONDS = 3.0
 
 
 class NarrationWorker:
@@ -75,6 +86,10 @@ class NarrationWorker:
         self._text_publisher = node.create_lifecycle_publisher(String, "narration_text", 10)
         self.watcher = Watcher(node, streams, values)
         self._wake = threading.Event()
+        #: Model work other threads hand to this thread (asks).
+        self.jobs = WorkerJobs(self.wake)
+        # Threads that outlived stop()'s join: the node must not be destroyed under them.
+        self._outlived: list[threading.Thread] = []
         # Each thread gets its own stop event: a thread that outlived stop()'s join (stuck in
         # a slow step) still sees its own event set and ends, whatever start() does later.
         self._stop = threading.Event()
@@ -90,7 +105,23 @@ class NarrationWorker:
         self._thread = threading.Thread(
             target=self._work, args=(self._stop,), name="narration", daemon=True
         )
+        self.jobs.open()
         self._thread.start()
+
+    def activate(self) -> None:
+        """Narrate (lifecycle activate, after the publishers): re-arm the sessions; rebuild
+        the streams when they are down (a rebuild and its rollback failed)."""
+        self._streams.set_active(True)
+        if self._streams.down:
+            self.request_rebuild("activated with no streams")
+        self.wake()
+
+    def deactivate(self, reason: str = "the narrator was deactivated; activate it to ask"
+                   ) -> None:
+        """Pause (lifecycle deactivate, before the publishers): the round or answer in
+        progress stops at its next token and is discarded; asks not started are refused."""
+        self._streams.set_active(False)
+        self.jobs.refuse_pending(reason)
 
     def request_rebuild(self, reason: str) -> None:
         """Ask the thread to restart the streams with the current values (from any thread)."""
@@ -107,16 +138,29 @@ class NarrationWorker:
         """Make the thread look for completed seconds now (from any thread)."""
         self._wake.set()
 
-    def stop(self) -> None:
-        """Stop the thread; a round in progress stops at its next token."""
+    def stop(self, reason: str = "the narrator is stopping; ask again later") -> bool:
+        """Stop the thread; a round in progress stops at its next token, asks not started are
+        refused with ``reason``.
+
+        Returns:
+            True when no worker thread runs any more; False when one is still inside a step
+            after ``JOIN_TIMEOUT_SECONDS`` (one with no token to stop at: a first-round
+            torch.compile, a CUDA call), and the node must not be destroyed under it.
+        """
         self._stop.set()
         self._wake.set()
+        self.jobs.close(reason)
         # A round or an answer in progress stops at its next token, so stopping takes at
         # most one decoding step instead of up to max_answer_tokens of them.
         self._streams.interrupt()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=JOIN_TIMEOUT_SECONDS)
+            self._outlived.append(thread)
+        deadline = time.monotonic() + JOIN_TIMEOUT_SECONDS
+        for thread in self._outlived:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._outlived = [thread for thread in self._outlived if thread.is_alive()]
+        return not self._outlived
 
     def _work(self, stop: threading.Event) -> None:
         """Thread body: rebuild when asked, close periods on time, run rounds while any camera
@@ -129,12 +173,15 @@ class NarrationWorker:
                 self._rebuild_if_requested()
             except Exception as error:  # noqa: BLE001 - the worker must survive
                 self._node.get_logger().error(f"narration worker: stream rebuild: {error!r}")
+            while not streams.active and self.jobs.run_one():
+                pass  # inactive: an ask handed over before the deactivation refuses itself
             while streams.active and not stop.is_set():
                 try:
                     if streams.group is not None:
                         for camera in streams.cameras:
                             self._close_due_periods(camera)
                         ran = self._batch_is_gathered() and self._run_batched_rounds()
+                        ran = self.jobs.run_one() or ran
                     else:
                         ran = self._run_rounds_one_by_one(stop)
                     ran = ran or self.watcher.run_one()
@@ -159,6 +206,8 @@ class NarrationWorker:
                 if not self._node.context.ok():
                     raise
                 self._node.get_logger().error(f"narration worker: {error!r}")
+            # An ask handed over during that round runs before the next one.
+            ran = self.jobs.run_one() or ran
         return ran
 
     def _rebuild_if_requested(self) -> None:
@@ -166,13 +215,12 @@ class NarrationWorker:
         if not reason:
             return
         try:
-            self._streams.rebuild(reason)
+            self._streams.rebuild(reason)  # sets or clears Streams.error
+        except StreamsDown as error:
+            self._node.get_logger().error(str(error))
         except StreamRebuildFailed as error:
-            self._streams.error = str(error)
             self._node.get_logger().error(f"{error}; the previous settings are restored")
             self._on_rebuild_failed(error)
-        else:
-            self._streams.error = ""
 
     def _close_due_periods(self, camera: CameraStream) -> None:
         """Close the camera's periods whose end passed ``period_close_slack`` ago."""
@@ -184,22 +232,23 @@ class NarrationWorker:
 
     def _run_round(self, camera: CameraStream) -> bool:
         """One engine round on the camera's newest completed second; True if one ran."""
-        with self._streams.model_lock:
+        streams = self._streams
+        activation = streams.activation
+        with streams.model_lock:
             # Timed from here: waiting for an ask is not the model's time for this round.
             started = time.perf_counter()
             session = camera.session
-            if session is None:
+            if session is None or not streams.still_active(activation):
                 return False
             try:
                 result, skipped = session.run_pending(latest_only=True)
             except Exception as error:  # noqa: BLE001 - one bad round must not end narration
-                self._round_failed(camera, error)
+                self._round_failed(camera, error, activation)
                 return False
         camera.stats.record_skipped(skipped)
         if result is None:
             return False
-        self._publish(camera, result, time.perf_counter() - started)
-        return True
+        return self._publish_all([(camera, result)], time.perf_counter() - started, activation)
 
     def _wait_timeout(self) -> float:
         """Seconds to sleep until the next look: shorter while a batch is being gathered."""
@@ -231,10 +280,11 @@ class NarrationWorker:
     def _run_batched_rounds(self) -> bool:
         """The rounds of every camera with a completed second, decoded as one batch."""
         streams = self._streams
+        activation = streams.activation
         with streams.model_lock:
             started = time.perf_counter()
             group = streams.group
-            if group is None:
+            if group is None or not streams.still_active(activation):
                 return False
             seconds: list[SecondOfFrames | None] = []
             for camera in streams.cameras:
@@ -253,7 +303,7 @@ class NarrationWorker:
             except GenerationInterrupted as error:  # stopping: no camera runs again
                 outcome = []
                 for camera, _ in due:
-                    self._round_failed(camera, error)
+                    self._round_failed(camera, error, activation)
             except Exception as error:  # noqa: BLE001 - retried camera by camera below
                 # run_rounds rolled every opened round back: run each alone, so that only
                 # the camera whose round is bad loses its second.
@@ -266,13 +316,24 @@ class NarrationWorker:
                     try:
                         outcome.append((camera, camera.session.run_round(second)))
                     except Exception as alone:  # noqa: BLE001 - as in _run_round
-                        self._round_failed(camera, alone)
-        step = time.perf_counter() - started
-        for camera, result in outcome:
-            self._publish(camera, result, step)
+                        self._round_failed(camera, alone, activation)
+        return self._publish_all(outcome, time.perf_counter() - started, activation)
+
+    def _publish_all(self, outcome: list[tuple[CameraStream, RoundResult]], step: float,
+                     activation: int) -> bool:
+        """Publish the rounds' results, unless the node was deactivated since they started:
+        then they are discarded (not published, not counted). True if any was published."""
+        with self._streams.publish_lock:
+            if not self._streams.still_active(activation):
+                return False
+            for camera, result in outcome:
+                self._publish(camera, result, step)
         return bool(outcome)
 
-    def _round_failed(self, camera: CameraStream, error: Exception) -> None:
+    def _round_failed(self, camera: CameraStream, error: Exception, activation: int) -> None:
+        if isinstance(error, GenerationInterrupted) and not self._streams.still_active(
+                activation):
+            return  # stopped by a deactivation or shutdown: not an error, nothing counted
         # The engine rolls a failed round back, so the stream stays usable; that second is
         # lost and counted.
         reason = f"{type(error).__name__}: {error}"

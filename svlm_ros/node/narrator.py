@@ -32,14 +32,16 @@ warning to retrain it.
 Threads and the one model: image callbacks (one mutually exclusive callback group per
 camera), the ask service (its own group), the status timer (its own group) and parameter and
 lifecycle services run on a multi-threaded executor; the narration worker is a thread of its
-own. Rounds, asks and stream rebuilds take one first-come-first-served lock (``FairLock``), so
-an ask waits at most for the round in progress, and narration is delayed by at most one answer
-between two rounds.
+own, and all model work runs on it (rounds, stream rebuilds, and the asks the ask service
+hands it): an ask waits at most for the round in progress, and narration is delayed by at most
+one answer between two rounds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 from typing import Any
 
@@ -92,7 +94,8 @@ class NarratorNode(LifecycleNode):
             self, self._streams, self._values, self._restore_stream_parameters
         )
         self._intake = CameraIntake(self, self._streams, self._values, self._worker.wake)
-        self._asks = AskService(self, self._streams, self._values, self.lifecycle_state)
+        self._asks = AskService(self, self._streams, self._values, self.lifecycle_state,
+                                self._worker.jobs.submit)
         self._status = StatusReporter(
             self, self._streams, self._asks, self._values, self.lifecycle_state
         )
@@ -285,14 +288,14 @@ class NarratorNode(LifecycleNode):
         result = super().on_activate(state)
         if result != TransitionCallbackReturn.SUCCESS:
             return result
-        self._streams.resume()
-        self._streams.active = True
-        self._worker.wake()
+        self._worker.activate()
         self.get_logger().info("active: narrating")
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._streams.active = False
+        # Before the publishers: the round in progress is interrupted and discarded, asks
+        # waiting for the model are refused.
+        self._worker.deactivate()
         self.get_logger().info("inactive: narration paused")
         return super().on_deactivate(state)
 
@@ -301,12 +304,12 @@ class NarratorNode(LifecycleNode):
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._streams.active = False
+        self._streams.set_active(False)
         self._unload()
         return super().on_shutdown(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._streams.active = False
+        self._streams.set_active(False)
         self._unload()
         return TransitionCallbackReturn.SUCCESS
 
@@ -316,13 +319,23 @@ class NarratorNode(LifecycleNode):
         self._intake.unsubscribe()
         self._streams.unload()
 
-    def close(self) -> None:
-        """Stop the worker and destroy the node (process exit path); safe to call again."""
-        self._streams.active = False
-        self._worker.stop()
+    def close(self) -> bool:
+        """Stop the worker and destroy the node (process exit path); safe to call again.
+
+        Returns False, leaving the node as it is, while the worker thread is still inside a
+        step after the join (one with no token to stop at: a first-round torch.compile, a
+        CUDA call): destroying the node under it could crash the process. ``main`` exits then.
+        """
+        self._streams.set_active(False)
+        if not self._worker.stop():
+            self.get_logger().error(
+                "the narration worker is still in a model step (a first-round torch.compile "
+                "or a CUDA call cannot be interrupted); leaving the node as it is")
+            return False
         if not self._closed:
             self._closed = True
             self.destroy_node()
+        return True
 
 
 def main(args: list[str] | None = None) -> int:
@@ -361,8 +374,8 @@ def main(args: list[str] | None = None) -> int:
         # idempotent, so finish them again rather than leaving with a traceback.
         for _ in range(3):
             try:
-                if node is not None:
-                    node.close()
+                if node is not None and not node.close():
+                    _exit_leaving_worker(executor)
                 if executor is not None:
                     executor.shutdown(timeout_sec=1.0)
                 rclpy.try_shutdown()
@@ -370,3 +383,14 @@ def main(args: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 continue
     return 0
+
+
+def _exit_leaving_worker(executor: MultiThreadedExecutor | None) -> None:
+    """End the process with status 0 while the worker thread is inside a model step: without
+    destroying the node under it (nor shutting rclpy down, which destroys the context's
+    nodes), and without the interpreter's teardown running beside it (``os._exit``)."""
+    if executor is not None:
+        executor.shutdown(timeout_sec=1.0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

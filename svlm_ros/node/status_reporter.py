@@ -211,6 +211,8 @@ class StatusReporter:
         level, message = DiagnosticStatus.OK, "narrating"
         if state != "active":
             level, message = DiagnosticStatus.WARN, state
+        elif self._streams.down:
+            level, message = DiagnosticStatus.ERROR, "no stream: narration stopped (see node)"
         elif previous is not None:
             if snapshot.round_errors > previous.round_errors:
                 level, message = DiagnosticStatus.ERROR, snapshot.last_round_error

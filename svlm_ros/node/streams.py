@@ -3,7 +3,9 @@
 ``Streams`` is the state every part of the node works on: the loaded model, one
 ``StreamingSession`` per camera (``CameraStream``; with ``batch_cameras`` the sessions of one
 ``CameraGroup``, whose rounds decode as one batch), the first-come-first-served lock that
-serializes all model work (rounds, asks, stream rebuilds), and whether the node is active.
+serializes all model work (rounds, asks, stream rebuilds), and whether the node is active
+(``set_active``: each activation and deactivation is numbered, so a result of an earlier
+activation is never published).
 The ROS parts (camera intake, narration worker, ask service, status) each get this object
 and touch nothing else of each other.
 """
@@ -36,6 +38,16 @@ CLOCK_OFFSET_MIN_FRAMES = 3
 
 class StreamRebuildFailed(RuntimeError):
     """New stream settings could not be built; the previous ones were restored."""
+
+
+class StreamsDown(RuntimeError):
+    """Neither the new nor the previous stream settings could be built: no camera has a
+    stream until a later rebuild succeeds (``Streams.down``; ``Streams.error`` says why)."""
+
+
+# What the streams-down error adds: what stopped and what brings narration back.
+STREAMS_DOWN_HINT = ("narration stopped: no camera has a stream until a stream parameter "
+                     "changes or the node is deactivated and activated again")
 
 
 class CameraStream:
@@ -128,7 +140,13 @@ class Streams:
         # Rounds, asks and stream rebuilds take this lock, in arrival order.
         self.model_lock = FairLock()
         self.active = False
+        # Numbers activations and deactivations (set_active); held while a result is
+        # published, so none of an earlier activation goes out after a deactivation.
+        self.activation = 0
+        self.publish_lock = threading.Lock()
         self.error = ""
+        # No camera has a stream: a rebuild and its rollback both failed (see StreamsDown).
+        self.down = False
         # The config the sessions run with (None while unloaded), and torch's thread count.
         self.config: StreamConfig | None = None
         # The stream parameter values that config was made from (to restore them).
@@ -149,6 +167,26 @@ class Streams:
         checkpoint's generation config); None while no session exists."""
         session = self.cameras[0].session if self.cameras else None
         return session.sampling if session is not None else None
+
+    def set_active(self, active: bool) -> None:
+        """Start or stop narrating (lifecycle activate, deactivate, shutdown).
+
+        Deactivating interrupts the round or answer in progress (it stops at its next token,
+        rolled back) and waits for a result being published; every result of the activation
+        that ends is then discarded (``still_active``). Activating re-arms the sessions.
+        """
+        if not active:
+            self.interrupt()
+        with self.publish_lock:
+            self.active = active
+            self.activation += 1
+        if active:
+            self.resume()
+
+    def still_active(self, activation: int) -> bool:
+        """Whether the node is active in the activation numbered ``activation``: a result
+        started in it may be published (hold ``publish_lock`` while publishing)."""
+        return self.active and self.activation == activation
 
     def camera(self, name: str) -> CameraStream | None:
         """The camera called ``name``, or None."""
@@ -191,6 +229,7 @@ class Streams:
         self.temporal_patch = sessions[0].vision.temporal_patch
         for camera, session in zip(self.cameras, sessions, strict=True):
             camera.session = session
+        self.down = False
         self.logger.info(
             f"model {loaded.name} on {loaded.device} ({loaded.dtype}, "
             f"{loaded.attn_implementation}); cache bound {sessions[0].bound} tokens per camera"
@@ -232,48 +271,93 @@ class Streams:
             if session is not None:
                 session.resume()
 
-    def _build_all(self, config: StreamConfig) -> None:
-        """Replace every camera's session by a fresh one. Caller holds the model lock."""
-        old = [camera.session for camera in self.cameras]
-        for camera in self.cameras:
-            camera.session = None  # the old caches go before the new ones are allocated
+    def _free_sessions(self) -> list[tuple[int, float] | None]:
+        """Drop every camera's session and the group, then collect: their caches, group
+        storage and graph pools are freed before anything new is allocated. Only what a
+        stream restart records is kept: per camera, its sampler's ``(dropped_unconsumed,
+        gap_seconds)`` (None: it had no session), for ``_record_restarts``. Model lock held."""
+        counts = [_drop_session(camera) for camera in self.cameras]
         self.group = None
+        self._collect()
+        return counts
+
+    def _record_restarts(self, counts: list[tuple[int, float] | None]) -> None:
+        for camera, count in zip(self.cameras, counts, strict=True):
+            if count is not None:
+                camera.stats.record_stream_restart(*count)
+
+    def _collect(self) -> None:
         gc.collect()
+        if self.loaded is not None and self.loaded.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _allocate(self, config: StreamConfig) -> None:
+        """Give every camera a fresh session (all or none). Model lock held, none held now."""
         sessions = self._new_sessions(self.loaded, config)
-        for camera, session, new in zip(self.cameras, old, sessions, strict=True):
-            camera.session = new
-            camera.checked_size = None
-            camera.forget_frames()
-            if session is not None:
-                camera.stats.record_stream_restart(
-                    session.sampler.dropped_unconsumed, session.sampler.gap_seconds
-                )
+        for camera, session in zip(self.cameras, sessions, strict=True):
+            camera.session = session
+
+    def _try_allocate(self, config: StreamConfig) -> Exception | None:
+        """``_allocate``; the error (its traceback dropped, so the frames of a half-built set
+        of sessions are freed with it) or None."""
+        try:
+            self._allocate(config)
+        except Exception as error:  # noqa: BLE001 - reported by the caller
+            failure = error.with_traceback(None)
+        else:
+            return None
+        self.group = None
+        self._collect()
+        return failure
 
     def rebuild(self, reason: str) -> None:
         """Restart every camera's stream with the current parameter values.
 
+        The old sessions are freed before the new ones are allocated, so a change needs the
+        memory of one set of streams, not two (and the streams' memory is lost either way).
+
         Raises:
             StreamRebuildFailed: the new settings cannot run (e.g. their cache does not fit
                 in memory); the streams were rebuilt with the previous settings instead.
+            StreamsDown: the previous settings could not be built again either (or there
+                were none: the streams were down already): no camera has a stream, ``down``
+                is set and ``error`` says why, until a later rebuild succeeds.
         """
         config = narrator_params.stream_config(self.values)
         with self.model_lock:
             if self.loaded is None:
                 return
-            previous = self.config
+            previous = None if self.down else self.config
+            counts = self._free_sessions()
             try:
-                self._build_all(config)
-            except Exception as error:
-                if previous is None:
-                    raise
-                self._build_all(previous)  # these ran a moment ago
-                raise StreamRebuildFailed(
-                    f"cannot restart the streams with the new settings ({reason}): {error}"
-                ) from error
-            self.config = config
-            self.config_values = self._stream_values()
+                failure = self._try_allocate(config)
+                if failure is not None:
+                    self._failed(reason, failure, previous)
+                self.config = config
+                self.config_values = self._stream_values()
+                self.down = False
+                self.error = ""
+            finally:  # counted once the streams are what they will be
+                self._record_restarts(counts)
             sampling = describe_sampling(self.sampling, self.values)
         self.logger.info(f"streams restarted ({reason}); narration sampling: {sampling}")
+
+    def _failed(self, reason: str, failure: Exception, previous: StreamConfig | None) -> None:
+        """Roll back to ``previous`` after the new settings failed; always raises."""
+        message = f"cannot restart the streams with the new settings ({reason}): {failure}"
+        if previous is not None:
+            second = self._try_allocate(previous)  # these ran a moment ago
+            if second is None:
+                self.error = message
+                raise StreamRebuildFailed(message) from failure
+            message += f"; nor with the previous settings: {second}"
+            failure = second
+        self.down = True
+        self.config = None
+        self.error = f"{message}; {STREAMS_DOWN_HINT}"
+        raise StreamsDown(self.error) from failure
 
     def _stream_values(self) -> dict[str, Any]:
         return {name: self.values[name] for name in narrator_params.STREAM_PARAMETERS}
@@ -281,21 +365,26 @@ class Streams:
     def unload(self) -> None:
         """Drop the sessions and the model and free GPU memory (the worker must be stopped)."""
         with self.model_lock:
+            self._record_restarts(self._free_sessions())
             cuda = self.loaded is not None and self.loaded.device.type == "cuda"
-            for camera in self.cameras:
-                if camera.session is not None:
-                    sampler = camera.session.sampler
-                    camera.stats.record_stream_restart(
-                        sampler.dropped_unconsumed, sampler.gap_seconds
-                    )
-                camera.session = None
-                camera.forget_frames()
-            self.group = None
             self.loaded = None
             self.config = None
+            self.down = False
         gc.collect()
         if cuda:
             import torch
 
             torch.cuda.empty_cache()
         self.logger.info("model unloaded")
+
+
+def _drop_session(camera: CameraStream) -> tuple[int, float] | None:
+    """Take the camera's session away; its sampler's ``(dropped_unconsumed, gap_seconds)``,
+    or None when it had none (in a function of its own: no local name keeps the session
+    alive after it)."""
+    session, camera.session = camera.session, None
+    camera.checked_size = None
+    camera.forget_frames()
+    if session is None:
+        return None
+    return session.sampler.dropped_unconsumed, session.sampler.gap_seconds
