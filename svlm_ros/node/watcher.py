@@ -98,9 +98,11 @@ class Watcher:
                 break
         else:
             return False
+        activation = self._streams.activation
         with self._streams.model_lock:
             session = camera.session
-            if session is None or not session.policy.rounds or not self._streams.active:
+            if (session is None or not session.policy.rounds
+                    or not self._streams.still_active(activation)):
                 return False  # stopped, or a new stream that has narrated nothing yet
             stream_time = session.policy.rounds[-1].stream_second + session.config.period
             try:
@@ -111,10 +113,14 @@ class Watcher:
                 self._failed(name, question, error)
                 return True
         self._count(evaluations=1, seconds=answer.seconds)
-        tracker = self._trackers.setdefault((name, question), AnswerTracker())
-        initial = tracker.published is None
-        if tracker.update(answer.answer, self._values["watch_confirmations"]):
-            self._publish(camera, question, answer, stream_time, initial)
+        # An evaluation that ran across a deactivation neither counts nor is published.
+        with self._streams.publish_lock:
+            if not self._streams.still_active(activation):
+                return True
+            tracker = self._trackers.setdefault((name, question), AnswerTracker())
+            initial = tracker.published is None
+            if tracker.update(answer.answer, self._values["watch_confirmations"]):
+                self._publish(camera, question, answer, stream_time, initial)
         return True
 
     def _failed(self, camera: str, question: str, error: Exception) -> None:
