@@ -10,7 +10,12 @@ length at almost every token, so the default doubled the decode time. Hence, on 
 * the vision encoder's window attention runs as ONE attention call per layer instead of one
   call per window (1,264 small calls per 7B tower forward): ``windowed_sdpa_attention``,
   registered with transformers under ``WINDOWED_SDPA``. With the flash-attn package installed,
-  the tower uses ``flash_attention_2`` (its varlen kernel does the same natively).
+  the tower uses ``flash_attention_2`` (its varlen kernel does the same natively). The call builds
+  its gather and scatter indices on the device: a tower forward never waits for the GPU
+  (with the tower's inputs precomputed per frame size, ``vision_tower.py``);
+* the fixed-shape decode step's single query token per row attends to the cache's key/value
+  heads as they are, compiled or not: ``single_query_gqa_sdpa`` (transformers copies the
+  whole cache per query head under ``torch.compile``).
 
 The language model keeps SDPA even when flash-attn is installed: the fixed-shape decode step
 (``static_decode.py``) attends over the whole preallocated cache with a mask, which
@@ -70,7 +75,9 @@ def windowed_sdpa_attention(
         module: The calling attention module (unused; the interface passes it).
         query, key, value: ``(1, heads, tokens, head_dim)``.
         cu_seq_lens_q: ``(windows + 1,)`` cumulative window boundaries (same for the keys).
-        max_length_q: Longest window (a Python int, computed once per tower forward).
+        max_length_q: Longest window (a Python int: from ``TowerInputs`` once per frame size,
+            or from transformers once per tower forward); without it the longest window is
+            read back from the device.
 
     Returns:
         ``((1, tokens, heads, head_dim), None)``, the layout transformers' attention functions
@@ -95,8 +102,13 @@ def windowed_sdpa_attention(
                                              scale=scaling)
         out = out.transpose(1, 2).reshape(1, tokens, query.shape[1], query.shape[-1])
         return out, None
-    starts = cu_seq_lens_q[:-1].long()
-    lengths = cu_seq_lens_q[1:].long() - starts
+    # Unequal windows: gather them into a padded batch and back with index tensors built on
+    # the device from the boundaries alone. No step reads a device value on the host (no
+    # boolean-mask indexing, nonzero or .item()): shapes come from ``tokens`` and
+    # ``max_length_q``, so the pass neither waits for the GPU nor breaks a compiled graph.
+    bounds = cu_seq_lens_q.long()
+    starts = bounds[:-1]
+    lengths = bounds[1:] - starts
     offsets = torch.arange(longest, device=query.device)
     valid = offsets[None, :] < lengths[:, None]  # (windows, longest)
     index = (starts[:, None] + offsets[None, :]).clamp(max=tokens - 1)
@@ -108,9 +120,68 @@ def windowed_sdpa_attention(
         gather(query), gather(key), gather(value), attn_mask=valid[:, None, None, :],
         scale=scaling,
     )
-    # Back to sequence order: the valid slots, window after window, are the tokens in order.
-    out = out.transpose(1, 2)[valid]  # (tokens, heads, d)
-    return out[None], None
+    # Back to sequence order: token t is row ``window * longest + (t - start)`` of the padded
+    # batch, its window found by a search over the boundaries (a fixed-size result).
+    token = torch.arange(tokens, device=query.device)
+    window = torch.searchsorted(bounds[1:].contiguous(), token, right=True)
+    rows = window * longest + (token - starts[window])
+    out = out.transpose(1, 2).reshape(windows * longest, query.shape[1], query.shape[-1])
+    return out.index_select(0, rows)[None], None
+
+
+#: Keyword the fixed-shape steps (``static_decode.fixed_shape_hidden``) pass through the
+#: language model to its attention function: one query token per row attends to the cached
+#: key/value heads as they are (``single_query_gqa_sdpa``).
+SINGLE_QUERY_GQA = "svlm_single_query_gqa"
+
+
+def single_query_gqa_sdpa(stock, module, query, key, value, attention_mask, dropout=0.0,
+                          scaling=None, is_causal=None, **kwargs):
+    """transformers' SDPA attention, except for a single query token per row asked for by
+    ``SINGLE_QUERY_GQA``: its query heads are grouped by key/value head instead of the keys and
+    values being repeated per query head.
+
+    transformers does that grouping (``pack_gqa``) itself only outside ``torch.compile``; under
+    compile (the ``compiled`` decode path) it takes ``repeat_kv``, which copies every layer's
+    whole cache, keys and values, once per query group and token. Here the query
+    ``(B, heads, 1, d)`` becomes ``(B, kv_heads, groups, d)``: each key/value head is attended
+    by its ``groups`` query heads as ``groups`` query rows, the capacity mask ``(B, 1, 1, cap)``
+    broadcasts over them, and no key or value is copied, compiled or not. The arithmetic per
+    query head is that of the repeated form.
+    """
+    groups = getattr(module, "num_key_value_groups", 1)
+    if (kwargs.pop(SINGLE_QUERY_GQA, False) and groups > 1 and query.shape[2] == 1
+            and (attention_mask is None or attention_mask.shape[1] == 1)
+            and kwargs.get("position_bias") is None):
+        batch, heads, _, dim = query.shape
+        grouped = query.reshape(batch, heads // groups, groups, dim)
+        out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
+                                             dropout_p=dropout, scale=scaling)
+        out = out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous()
+        return out, None
+    kwargs.pop(SINGLE_QUERY_GQA, None)
+    return stock(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                 is_causal=is_causal, **kwargs)
+
+
+def register_single_query_gqa() -> None:
+    """Route transformers' ``sdpa`` attention through ``single_query_gqa_sdpa`` (idempotent).
+
+    Calls without ``SINGLE_QUERY_GQA`` (everything but the fixed-shape steps) run transformers'
+    own function unchanged.
+    """
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    current = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    if getattr(current, "svlm_stock", None) is not None:
+        return
+
+    def sdpa(*args, **kwargs):
+        return single_query_gqa_sdpa(current, *args, **kwargs)
+
+    sdpa.svlm_stock = current
+    AttentionInterface.register("sdpa", sdpa)
 
 
 def register_windowed_sdpa() -> str:

@@ -24,6 +24,7 @@ import torch
 from svlm_ros.engine.attention import sdpa_kernels
 from svlm_ros.engine.frame_sampler import SecondOfFrames
 from svlm_ros.engine.kv_cache import CacheOverflowError
+from svlm_ros.engine.memory_estimate import refuse_unless_fits, session_memory
 from svlm_ros.engine.model_loading import LoadedModel
 from svlm_ros.engine.static_decode import _CudaGraph, decode_step, uses_float_mask
 from svlm_ros.engine.stream_config import RoundResult, StreamConfig
@@ -77,14 +78,12 @@ class CameraGroup:
         text = session.model.config.get_text_config()
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         if self.storage is None:
-            needed = session.cache_bytes() * self.cameras
-            free = session.free_memory()
-            if needed > free:
-                raise ValueError(
-                    f"the KV caches of {self.cameras} cameras need {needed / 2**30:.2f} GiB "
-                    f"({session.bound} tokens each), more than the {free / 2**30:.2f} GiB free "
-                    f"on {session.device}; use fewer cameras or smaller windows"
-                )
+            refuse_unless_fits(
+                session_memory(session, cameras=self.cameras, grouped=True),
+                session.free_memory(), session.device,
+                f"the KV caches of {self.cameras} cameras together with one round's working "
+                "memory", f"KV caches ({self.cameras} x {session.bound} tokens)",
+                "use fewer cameras or smaller windows")
             shape = (self.cameras, text.num_key_value_heads, session.bound, head_dim)
 
             def buffers():
@@ -122,6 +121,24 @@ class CameraGroup:
             static.copy_(value)
         self._graph.replay()
         return self._logits.clone()
+
+    def _step_inputs(self, positions: list[int], slots: list[int]):
+        """The step's positions and slots on the device, without waiting for it.
+
+        Both go up in ONE copy from page-locked host memory, queued behind the work already
+        queued (``non_blocking``): a copy from ordinary (pageable) memory would make the host
+        wait for the device, twice per step. The caching host allocator keeps the page-locked
+        block until the copy has run, so it may be dropped at once.
+        """
+        host = torch.tensor([positions, slots], dtype=torch.long,
+                            pin_memory=self.device.type == "cuda")
+        on_device = host.to(self.device, non_blocking=True)
+        return on_device[0], on_device[1]
+
+    @staticmethod
+    def _read_chosen(chosen: dict[int, torch.Tensor]) -> list[int]:
+        """The chosen ids on the host: the loop's one wait for the device per step."""
+        return torch.cat(list(chosen.values())).tolist() if chosen else []
 
     # ----- rounds ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -169,7 +186,7 @@ class CameraGroup:
             for index in active:
                 sessions[index].check_interrupted()
             chosen = {index: sessions[index].chooser.choose(logits[index]) for index in active}
-            ids = torch.cat(list(chosen.values())).tolist() if chosen else []  # the one sync
+            ids = self._read_chosen(chosen)
             feeding = {}
             for index, token_id in zip(chosen, ids, strict=True):
                 turn = turns[index]
@@ -193,8 +210,7 @@ class CameraGroup:
                     position = 0
                 positions.append(position)
                 slots.append(session.cache.length)
-            step_positions = torch.tensor(positions, dtype=torch.long).to(self.device)
-            step_slots = torch.tensor(slots, dtype=torch.long).to(self.device)
+            step_positions, step_slots = self._step_inputs(positions, slots)
             with sdpa_kernels(self.device):
                 batch_logits = self._step(torch.cat(tokens), step_positions, step_slots)
             for index, token_id in feeding.items():

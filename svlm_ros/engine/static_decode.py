@@ -20,7 +20,10 @@ rotary position as device tensors. Such a step can be captured once and replayed
 The step goes through the model's own modules (embedding, decoder layers with their attention
 function, norm, LM head): only the cache object and the mask differ from the eager path.
 Masked slots contribute exactly zero attention weight, so the result equals the eager path up
-to summation order (float32: ~1e-7 on the tiny model; tested).
+to summation order (float32: ~1e-7 on the tiny model; tested). The step's one query token per
+row reads the cache's key/value heads as they are (its query heads grouped by key/value head,
+``attention.single_query_gqa_sdpa``), on every path: transformers would copy the whole cache per
+query head (``repeat_kv``) under ``torch.compile``.
 
 Compaction, rollback (``truncate``), ``ask`` and ``interrupt`` need nothing special: they
 rewrite or re-cut the same buffers the step reads, and the step only ever depends on the
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import torch
 
+from svlm_ros.engine.attention import SINGLE_QUERY_GQA, register_single_query_gqa
 from svlm_ros.engine.kv_cache import CacheOverflowError
 
 #: Decode paths a session may use. ``auto``: ``graphed`` on CUDA, ``eager`` on the CPU.
@@ -134,6 +138,9 @@ def fixed_shape_hidden(language_model, positions: torch.Tensor, slots: torch.Ten
         attention_mask={"full_attention": mask},
         cache=SlotWriteCache(keys, values, pristine, slots),
         use_cache=True,
+        # One token per row (a decode step): grouped-query attention without copying the
+        # cache per query head, compiled or not (``attention.single_query_gqa_sdpa``).
+        **{SINGLE_QUERY_GQA: True},
     ).last_hidden_state
 
 
@@ -175,6 +182,7 @@ def compiled_decode_step(device: torch.device):
     a session with another capacity recompiles once.
     """
     key = device.type
+    register_single_query_gqa()
     if key not in _COMPILED:
         mode = "reduce-overhead" if device.type == "cuda" else None
         _COMPILED[key] = torch.compile(decode_step, mode=mode, dynamic=False, fullgraph=False)
@@ -197,6 +205,7 @@ class StaticDecoder:
         self.compiled = compiled
         self.float_mask = uses_float_mask(model)
         self._buffers: tuple | None = None
+        register_single_query_gqa()
 
     def _cache_buffers(self):
         keys, values = self.cache.buffers()

@@ -25,6 +25,7 @@ from svlm_ros.engine.decoding import SamplingConfig, TokenChooser
 from svlm_ros.engine.device_sampling import DeviceTokenChooser
 from svlm_ros.engine.frame_sampler import FrameSampler, SecondOfFrames
 from svlm_ros.engine.kv_cache import BoundedKVCache
+from svlm_ros.engine.memory_estimate import refuse_unless_fits, session_memory
 from svlm_ros.engine.model_loading import LoadedModel
 from svlm_ros.engine.prompt_format import PromptFormat, clean_narration, split_answer
 from svlm_ros.engine.rotary_shift import rotary_inverse_frequencies
@@ -41,6 +42,7 @@ from svlm_ros.engine.stream_config import (
 )
 from svlm_ros.engine.turn_decoding import DecodedTurn, decode_turn
 from svlm_ros.engine.vision_input import VideoBlock, VisionInput
+from svlm_ros.engine.vision_tower import TowerInputs
 
 __all__ = ["Answer", "GenerationInterrupted", "QuestionTooLong", "RoundResult", "StreamConfig",
            "StreamingSession", "OpenRound"]
@@ -128,6 +130,8 @@ class StreamingSession:
         # The vision encoder this session calls: the model's own, or a compiled wrapper of it
         # (the compiled code is shared by every session of the process).
         self._visual = self.model.model.visual
+        # The tower's index tensors per frame size, on the device: no host read per forward.
+        self._tower_inputs = TowerInputs(self.model.config.vision_config, self.device)
         if cfg.compile_vision:
             self._visual = torch.compile(self.model.model.visual, dynamic=False)
         attn_implementation = self.model.config.get_text_config()._attn_implementation
@@ -178,16 +182,14 @@ class StreamingSession:
         return free_memory(self.device)
 
     def _make_cache(self) -> BoundedKVCache:
-        """The one cache of this session, checked against free memory and allocated now."""
-        needed = self.cache_bytes()
-        free = self.free_memory()
-        if needed > free:
-            raise ValueError(
-                f"the KV cache for these settings needs {needed / 2**30:.2f} GiB "
-                f"({self.bound} tokens), more than the {free / 2**30:.2f} GiB free on "
-                f"{self.device}; lower vision_window_seconds, max_pixels, fps * period or the "
-                "text windows, or run fewer sessions on this device"
-            )
+        """The one cache of this session, allocated now once it and one round's working memory
+        fit the free memory (``memory_estimate.py``)."""
+        refuse_unless_fits(
+            session_memory(self), self.free_memory(), self.device,
+            "the KV cache for these settings together with one round's working memory",
+            f"KV cache ({self.bound} tokens)",
+            "lower vision_window_seconds, max_pixels, fps * period or the text windows, or run "
+            "fewer sessions on this device")
         return self.sizing.allocate(self.bound)
 
     @property
@@ -296,7 +298,7 @@ class StreamingSession:
             # What get_video_features does for one video, through this session's encoder.
             features = self._visual(
                 video.pixel_values.to(self.device, self.loaded.dtype),
-                grid_thw=video.grid_thw.to(self.device),
+                **self._tower_inputs(video.grid_thw),
             ).pooler_output
         features = features.to(embeds.dtype)
         is_video = (input_ids == self.format.video_pad_id)[..., None].expand_as(embeds)

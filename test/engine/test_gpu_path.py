@@ -24,6 +24,7 @@ from engine_helpers import (
     small_config,
     stream,
 )
+from graph_replay import ReplayOnCpu
 from test_engine_invariants import assert_same_snapshot, snapshot
 
 from svlm_ros.engine.attention import WINDOWED_SDPA, use_vision_attention
@@ -96,26 +97,6 @@ def test_compiled_vision_encoder_equals_eager(two_layer):
     assert texts == eager_texts
     for a, b in zip(logits, eager_logits, strict=True):
         assert (a - b).abs().max().item() < 1e-4
-
-
-class ReplayOnCpu:
-    """Stands in for ``torch.cuda.CUDAGraph`` on the CPU: capture runs the step once and keeps
-    its outputs; replay reruns it into those same output tensors. Like a real graph it sees only
-    what the decoder wrote into its fixed input tensors before ``replay``."""
-
-    captures = 0
-
-    def __init__(self, device):
-        self.function = None
-
-    def capture(self, function):
-        ReplayOnCpu.captures += 1
-        self.function = function
-        self.outputs = function()
-        return self.outputs
-
-    def replay(self):
-        self.outputs.copy_(self.function())
 
 
 def test_graphed_decoder_plumbing_equals_static(two_layer):
@@ -336,12 +317,15 @@ def test_cache_is_allocated_at_build(two_layer):
 def test_cache_larger_than_free_memory_is_refused(two_layer, monkeypatch):
     import psutil
 
-    needed = StreamingSession(two_layer, small_config()).cache_bytes()
+    from svlm_ros.engine.memory_estimate import session_memory
+
+    # The cache and one round's working memory (test_memory_estimate.py).
+    needed = session_memory(StreamingSession(two_layer, small_config())).total
     real = psutil.virtual_memory()
     # Plenty of total memory but little of it available: the check must use what is free.
     monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(
         total=real.total, available=needed - 1))
-    with pytest.raises(ValueError, match=r"needs .* GiB .* free on cpu"):
+    with pytest.raises(ValueError, match=r"needs .* MiB, more than the .* MiB free on cpu"):
         StreamingSession(two_layer, small_config())
     monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(
         total=real.total, available=needed))

@@ -151,7 +151,7 @@ def test_frames_prepared_on_the_gpu_equal_the_cpu_path(cuda_fp32):
 
 def test_cache_larger_than_free_gpu_memory_is_refused(cuda_fp32, monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 80 * 2**30))
-    with pytest.raises(ValueError, match=r"GiB free on cuda"):
+    with pytest.raises(ValueError, match=r"MiB free on cuda"):
         StreamingSession(cuda_fp32, small_config())
 
 
@@ -163,3 +163,92 @@ def test_camera_group_with_cuda_graphs_equals_cameras_alone(cuda_fp32):
     group, texts, _ = _grouped(cuda_fp32, config)
     assert group._graph is not None  # the batched step was captured
     assert texts == alone_texts
+
+
+# ----- no waiting for the device: the vision tower, the group loop (test_host_sync.py on the
+# CPU) -------------------------------------------------------------------------------------------
+class _SyncDebug:
+    """``torch.cuda.set_sync_debug_mode`` for a block: 'error' fails on any host sync."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __enter__(self):
+        self.before = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(self.mode)
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode(self.before)
+
+
+@pytest.mark.parametrize("compile_vision", [False, True], ids=["eager", "compiled"])
+def test_vision_tower_never_waits_for_the_device(cuda_fp32, compile_vision):
+    """640x480 frames: windows of unequal lengths (the branch that indexed with a mask)."""
+    from svlm_ros.engine.attention import sdpa_kernels
+
+    session = StreamingSession(cuda_fp32, small_config(max_pixels=640 * 480,
+                                                       compile_vision=compile_vision))
+    rng = np.random.default_rng(0)
+    video = session.vision.prepare([rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+                                    for _ in range(2)])
+    lengths = session._tower_inputs(video.grid_thw)["cu_window_seqlens"].diff()
+    assert lengths.min() < lengths.max()
+    pixels = video.pixel_values.to(session.device, session.loaded.dtype)
+    with torch.inference_mode(), sdpa_kernels(session.device):
+        warm = session._visual(pixels, **session._tower_inputs(video.grid_thw)).pooler_output
+        torch.cuda.synchronize()
+        with _SyncDebug("error"):
+            out = session._visual(pixels, **session._tower_inputs(video.grid_thw)).pooler_output
+        stock = session.model.model.visual(pixels, grid_thw=video.grid_thw.cuda()).pooler_output
+    assert torch.equal(out, warm)
+    assert (out - stock).abs().max().item() < 1e-4
+
+
+def test_group_loop_waits_for_the_device_only_to_read_the_chosen_ids(cuda_fp32, monkeypatch):
+    """One wait per batched step (reading the chosen ids): the step's positions and slots go
+    up from page-locked memory without one, the graph replays without one."""
+    from test_camera_group import _prime, _seconds
+
+    from svlm_ros.engine.camera_group import CameraGroup
+
+    group = CameraGroup(cuda_fp32, small_config(window=2, sampling=SAMPLED), cameras=3)
+    cameras = _prime([(SyntheticCamera(seed=40 + i), s) for i, s in enumerate(group.sessions)])
+    group.run_rounds(_seconds(cameras))  # the batched step captured and warm
+    assert group._graph is not None
+    reads, real_read, real_decode = [], group._read_chosen, group._decode_together
+
+    def allowed_read(chosen):
+        with _SyncDebug("default"):
+            reads.append(len(chosen))
+            return real_read(chosen)
+
+    def strict_decode(opened):
+        with _SyncDebug("error"):
+            return real_decode(opened)
+
+    monkeypatch.setattr(group, "_read_chosen", allowed_read)
+    monkeypatch.setattr(group, "_decode_together", strict_decode)
+    for _ in range(2):
+        assert all(r is not None for r in group.run_rounds(_seconds(cameras)))
+    assert len(reads) > 2
+
+
+# ----- memory: the estimate bounds what a stream takes (test_memory_estimate.py on the CPU) -----
+@pytest.mark.parametrize("paths", [dict(decode_path="graphed"),
+                                   dict(decode_path="compiled", prefill_path="static")],
+                         ids=["graphed", "compiled-static-prefill"])
+def test_estimate_bounds_the_device_memory_a_stream_takes(cuda_bf16, paths):
+    from svlm_ros.engine.memory_estimate import session_memory
+
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    baseline = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    session = StreamingSession(cuda_bf16, small_config(window=2, max_pixels=224 * 224,
+                                                       **paths))
+    stream(session, SyntheticCamera(seed=7, size=(224, 224)), 6.0)
+    session.ask("What is on the table?")
+    torch.cuda.synchronize()
+    taken = torch.cuda.max_memory_allocated() - baseline
+    assert taken <= session_memory(session).total, (taken, session_memory(session).describe(
+        "KV cache"))
