@@ -74,8 +74,14 @@ class CacheSizing:
         length of a mask aligned; unaligned, every layer pads the mask again)."""
         cfg = self.config
         # An asked question and its answer, and one question held in the window (a question
-        # asked in a second stays in the stream with it).
-        ask_room = (2 * cfg.max_question_tokens + cfg.max_answer_tokens
+        # asked in a second stays in the stream with it). ``max_question_tokens`` counts the
+        # question alone: the asked one comes in a user turn of its own, whose framing and
+        # time text (the latest: the period after the stream's last second) are added.
+        fmt = self.layout.format
+        ask_framing = (len(fmt.user_open_ids())
+                       + len(fmt.encode_time(MAX_STREAM_SECONDS, MAX_STREAM_SECONDS + cfg.period))
+                       + len(fmt.assistant_header_ids()))
+        ask_room = (2 * cfg.max_question_tokens + cfg.max_answer_tokens + ask_framing
                     + len(self.layout.close_ids))
         most_vision = cfg.max_pixels // (PATCH_FACTOR * PATCH_FACTOR)
         round_tokens = self.round_tokens(most_vision, MAX_STREAM_SECONDS)

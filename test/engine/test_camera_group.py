@@ -128,6 +128,6 @@ def test_interrupted_group_round_leaves_every_camera_as_before(two_layer):
 
 
 def test_group_refuses_caches_that_do_not_fit(two_layer, monkeypatch):
-    monkeypatch.setattr(StreamingSession, "_free_memory", lambda self: 1000)
+    monkeypatch.setattr(StreamingSession, "free_memory", lambda self: 1000)
     with pytest.raises(ValueError, match="KV caches of 3 cameras"):
         CameraGroup(two_layer, small_config(), cameras=3)

@@ -10,8 +10,9 @@ import torch
 from engine_helpers import SyntheticCamera, small_config, stream
 
 from svlm_ros.engine.decoding import SamplingConfig
-from svlm_ros.engine.frame_sampler import FrameRejected
+from svlm_ros.engine.frame_sampler import MAX_STREAM_SECONDS, FrameRejected
 from svlm_ros.engine.model_loading import load_model
+from svlm_ros.engine.round_layout import RoundContent, VideoGrid
 from svlm_ros.engine.streaming_session import (
     GenerationInterrupted,
     QuestionTooLong,
@@ -186,6 +187,48 @@ def test_bound_matches_config_and_capacity(two_layer):
     assert max(r.cache_tokens for r in results) <= limit
 
 
+@pytest.mark.parametrize("overrides", [
+    dict(max_question_tokens=8, max_answer_tokens=4),
+    dict(max_question_tokens=256, max_answer_tokens=64),
+    dict(max_question_tokens=8, max_answer_tokens=4, previous_text="red plays blue " * 12),
+])
+def test_capacity_holds_the_worst_stream_with_a_question_held_and_one_asked(two_layer,
+                                                                           overrides):
+    """The capacity is a hard bound: the fullest cache the format allows, rendered token for
+    token, still has room for a question asked in a turn of its own, its answer included."""
+    config = small_config(window=3, text_sink=8, text_window=12, **overrides)
+    session = StreamingSession(two_layer, config)
+    layout, fmt = session.layout, session.format
+    last, period = float(MAX_STREAM_SECONDS), config.period
+    side = int(config.max_pixels ** 0.5) // 28 * 28 // 14  # the largest frame's patches
+    grid = VideoGrid(1, side, side, 1.0)
+    assert layout.video_tokens(grid) == config.max_pixels // 28 ** 2
+    full_text = [5] * config.max_new_tokens
+    question = config.max_question_tokens  # tokens of the longest question
+    # The ask's own turn at the latest time text: everything but its question, then the
+    # question and the whole answer.
+    asked = len(layout.render_question("q", last, last + period, 0)) - len(
+        fmt.question_ids("q")) + question + config.max_answer_tokens
+    window = config.cache.vision_window_seconds
+
+    def rounds(first: bool) -> int:
+        """The window's rounds, all at the latest time text, the largest video and the most
+        words; one holds the longest question."""
+        total = 0
+        for index in range(window):
+            content = RoundContent(last - period, last, grid, full_text,
+                                   first=first and index == 0)
+            total += len(layout.render_round(content, 0))
+        return total + question
+
+    text_windows = config.cache.text_sink_tokens + config.cache.text_window_tokens
+    # Windows full (the instruction left with the first second) ...
+    evicted = len(layout.render_head([5] * text_windows)) + rounds(first=False) + asked
+    # ... or nothing evicted yet: the initial previous text uncut, the instruction held.
+    early = len(layout.render_head()) + rounds(first=True) + asked
+    assert max(evicted, early) <= session.bound
+
+
 def test_a_failed_round_leaves_no_trace(two_layer, monkeypatch):
     session = StreamingSession(two_layer, small_config(window=2))
     camera = SyntheticCamera(seed=6)
@@ -196,11 +239,11 @@ def test_a_failed_round_leaves_no_trace(two_layer, monkeypatch):
         raise RuntimeError("simulated out of memory during decoding")
 
     with monkeypatch.context() as patch:
-        patch.setattr(session, "_generate", out_of_memory)
+        patch.setattr(session, "decode", out_of_memory)
         with pytest.raises(RuntimeError, match="simulated"):
             stream(session, camera, 1.0)
     after = snapshot(session)
-    # The eviction that preceded the failed prefill stands; nothing of the failed round does.
+    # The eviction that preceded the failed decode stands; nothing of the failed round does.
     assert [r[0] for r in after[3]] == [r[0] for r in before[3]][1:]
     assert after[1].numel() == session.cache_tokens
     # The stream goes on (second 3 was lost with the failure).
