@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce config/sim_narrator: the three stages of svlm-make-sim-narrator it was made with
-# (its svlm_recipe.json lists them). About 95 minutes on a 2-core CPU.
+# Reproduce config/sim_narrator: the two stages of svlm-make-sim-narrator it was made with
+# (its svlm_recipe.json lists them). About 75 minutes on a 2-core CPU.
 #   bash scripts/make_sim_narrator.sh OUT [WORK]
 # OUT is written only at the end; WORK (default: a temporary folder) keeps the stages.
 set -euo pipefail
@@ -23,8 +23,5 @@ mkdir -p "$work"
 stage() { python -m svlm_training.sim_narrator "$@"; }
 # 1: from a fresh tiny model: event seconds from quiet ones, and colours.
 [ -d "$work/stage1" ] || stage "$work/stage1" --bags 96 --steps 10000 --seed 0
-# 2: the same bags, another order: shapes and kinds of event.
-[ -d "$work/stage2" ] || stage "$work/stage2" --bags 96 --steps 10000 --seed 1 \
-    --init-from "$work/stage1"
-# 3: twice the bags: directions.
-stage "$out" --bags 192 --steps 10000 --seed 2 --init-from "$work/stage2"
+# 2: twice the bags, continuing stage 1: shapes, kinds of event and directions.
+stage "$out" --bags 192 --steps 10000 --seed 2 --init-from "$work/stage1"

@@ -121,17 +121,16 @@ def test_another_format_than_the_engine_renders_is_warned_about():
 
 
 def test_the_committed_sim_narrator_says_what_it_was_trained_with():
-    """Its recipe's narrator settings, and the prompts and format of the engine it was trained
-    with before the engine moved to the published checkpoint's format."""
+    """Its recipe's narrator settings, in the published checkpoint's format and framing (it was
+    retrained in it: no format warning), with the prompts training used."""
     folder = SOURCE / "config" / "sim_narrator"
     settings = read_settings(folder)
     recipe = json.loads((folder / "svlm_recipe.json").read_text())
     assert {k: v for k, v in settings.parameters().items()
             if k in recipe["narrator_settings"]} == recipe["narrator_settings"]
-    assert settings.format == "svlm-v0" and format_warning(settings) is not None
-    assert settings.system_prompt == ("You are the eyes of a robot. You watch its camera live "
-                                      "and say what is happening, briefly, as it happens.")
-    assert settings.instruction == "Narrate what happens in front of the camera."
+    assert settings.format == "streamingvlm-v1" and format_warning(settings) is None
+    assert settings.system_prompt == "You are a helpful assistant."
+    assert settings.instruction == ""  # trained without one, as StreamingVLM was
     assert settings.previous_text == ""
 
 
