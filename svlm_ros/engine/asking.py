@@ -19,9 +19,9 @@ from svlm_ros.engine.stream_config import Answer
 from svlm_ros.engine.turn_decoding import decode_turn
 
 
-def answer_from_cache(session, question: str, max_new_tokens: int | None = None) -> Answer:
-    """Answer ``question`` from ``session``'s memory (a ``StreamingSession``, serialized by
-    the caller like its rounds).
+def checked_question(session, question: str) -> tuple[str, list[int]]:
+    """``(question stripped, its ids)`` for a question put to ``session``'s memory between
+    seconds (``ask``, watch questions).
 
     Raises:
         ValueError: empty question, or nothing seen yet.
@@ -32,7 +32,18 @@ def answer_from_cache(session, question: str, max_new_tokens: int | None = None)
     if session.policy.length == 0 or not session.policy.rounds:
         raise ValueError("no frames have been narrated yet; nothing to answer from")
     question = question.strip()
-    ids = session.check_question(question)
+    return question, session.check_question(question)
+
+
+def answer_from_cache(session, question: str, max_new_tokens: int | None = None) -> Answer:
+    """Answer ``question`` from ``session``'s memory (a ``StreamingSession``, serialized by
+    the caller like its rounds).
+
+    Raises:
+        ValueError: empty question, or nothing seen yet.
+        QuestionTooLong: the question exceeds ``max_question_tokens``.
+    """
+    question, ids = checked_question(session, question)
     config = session.config
     budget = min(max_new_tokens or config.max_answer_tokens, config.max_answer_tokens)
     rule = session.answer_stop_rule

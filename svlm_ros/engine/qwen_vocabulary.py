@@ -106,8 +106,6 @@ def build_qwen_tokenizer(path: str | Path | None = None):
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
     from tokenizers import pre_tokenizers as pre
-    from transformers import PreTrainedTokenizerFast
-
     ranks = read_ranks(path)
     if len(ranks) != REGULAR_TOKENS or sorted(ranks.values()) != list(range(REGULAR_TOKENS)):
         raise ValueError(f"{path or ranks_file()} does not hold Qwen2's {REGULAR_TOKENS} ranks")
@@ -131,6 +129,15 @@ def build_qwen_tokenizer(path: str | Path | None = None):
             tokenizer.add_special_tokens([token])
         else:
             tokenizer.add_tokens([token])
+    return as_qwen_tokenizer(tokenizer)
+
+
+def as_qwen_tokenizer(tokenizer):
+    """A ``tokenizers.Tokenizer`` holding the Qwen special tokens, wrapped as transformers'
+    ``PreTrainedTokenizerFast`` the way Qwen2.5-VL's processor expects it (``<|im_end|>`` ends
+    a turn, ``<|endoftext|>`` pads, the vision tokens named)."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",

@@ -72,7 +72,8 @@ def build_tokenizer(vocab_size: int = 1024, extra_text: list[str] | None = None)
         A ``PreTrainedTokenizerFast`` whose ``eos_token`` is ``<|im_end|>``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+
+    from svlm_ros.engine.qwen_vocabulary import as_qwen_tokenizer
 
     tokenizer = Tokenizer(models.BPE())
     # Digits one by one, as Qwen's tokenizer splits them: a time stamp's token count then
@@ -92,18 +93,7 @@ def build_tokenizer(vocab_size: int = 1024, extra_text: list[str] | None = None)
     )
     tokenizer.train_from_iterator(_TRAINING_TEXT * 4 + list(extra_text or []) * 8,
                                   trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        extra_special_tokens={
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_bos_token": "<|vision_start|>",
-            "vision_eos_token": "<|vision_end|>",
-        },
-    )
+    return as_qwen_tokenizer(tokenizer)
 
 
 def make_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, num_layers: int = 2,

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from svlm_ros.engine.asking import checked_question
+
 YES_WORDS = ("Yes", " Yes", "yes", " yes")
 NO_WORDS = ("No", " No", "no", " no")
 
@@ -80,12 +82,7 @@ def yes_probability(session, question: str) -> WatchAnswer:
         QuestionTooLong: the question exceeds ``max_question_tokens``.
         GenerationInterrupted: the session was interrupted.
     """
-    if not question or not question.strip():
-        raise ValueError("question is empty")
-    if session.policy.length == 0 or not session.policy.rounds:
-        raise ValueError("no frames have been narrated yet; nothing to answer from")
-    question = question.strip()
-    ids = session.check_question(question)
+    question, ids = checked_question(session, question)
     yes_ids, no_ids = answer_token_ids(session.format.tokenizer)
     session.check_interrupted()
     t0 = time.perf_counter()
