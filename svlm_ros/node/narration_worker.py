@@ -169,13 +169,14 @@ class NarrationWorker:
         while not stop.is_set():
             self._wake.wait(timeout=self._wait_timeout())
             self._wake.clear()
-            try:
-                self._rebuild_if_requested()
-            except Exception as error:  # noqa: BLE001 - the worker must survive
-                self._node.get_logger().error(f"narration worker: stream rebuild: {error!r}")
+            self._rebuild_if_requested()
             while not streams.active and self.jobs.run_one():
                 pass  # inactive: an ask handed over before the deactivation refuses itself
             while streams.active and not stop.is_set():
+                # Looked at before every round, not only when the worker idles: on a machine
+                # too slow for real time a round is always due, and a parameter change
+                # would otherwise wait for ever.
+                self._rebuild_if_requested()
                 try:
                     if streams.group is not None:
                         for camera in streams.cameras:
@@ -221,6 +222,8 @@ class NarrationWorker:
         except StreamRebuildFailed as error:
             self._node.get_logger().error(f"{error}; the previous settings are restored")
             self._on_rebuild_failed(error)
+        except Exception as error:  # noqa: BLE001 - the worker must survive
+            self._node.get_logger().error(f"narration worker: stream rebuild: {error!r}")
 
     def _close_due_periods(self, camera: CameraStream) -> None:
         """Close the camera's periods whose end passed ``period_close_slack`` ago."""

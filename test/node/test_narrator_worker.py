@@ -433,3 +433,34 @@ def test_an_ask_is_refused_at_once_when_the_worker_stops(running, monkeypatch):
         narrator.node._worker.stop()
         refused = _done(future, 5.0)
     assert not refused.success and "stopping" in refused.message, refused
+
+
+# ----- a parameter change is applied while rounds are always due -----------------------------
+
+
+def test_a_parameter_change_applies_while_every_round_is_late(running):
+    # A CI machine too slow for real time (every round longer than a second) starved the
+    # rebuild: the worker only looked for it when no round was due, and one always was.
+    narrator = running()
+    narrator.start()
+    narrator.feed()
+    narrator.wait_for(lambda: len(narrator.narrations) >= 1, 30.0, "narrations")
+    streams = narrator.node._streams
+
+    def slow(run_pending):
+        def run(*args, **kwargs):
+            time.sleep(2.0)  # longer than the 1 s period: the next second is always due
+            return run_pending(*args, **kwargs)
+        return run
+
+    session = narrator.camera_stream.session
+    session.run_pending = slow(session.run_pending)
+    count = len(narrator.narrations)
+    narrator.wait_for(lambda: len(narrator.narrations) >= count + 2, 30.0, "slow rounds")
+    parameters = AsyncParameterClient(narrator.client, f"{narrator.namespace}/narrator")
+    assert parameters.wait_for_services(timeout_sec=10.0)
+    assert _done(parameters.set_parameters([Parameter("seed", value=11)])).results[0].successful
+    narrator.wait_for(
+        lambda: streams.config is not None and streams.config.sampling.seed == 11, 10.0,
+        "the new seed in the streams (the rebuild)")
+    assert narrator.camera_stream.session is not session
