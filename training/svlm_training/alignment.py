@@ -90,12 +90,16 @@ class SecondAligner:
     Args:
         texts: Every text event of the stream (any order; sorted here).
         fps, period: As the engine's ``StreamConfig``.
+        relative_texts: The texts' times are stream times (0 = the first frame's stamp, as a
+            label file counts them) instead of stamps on the frames' clock; the origin is only
+            known once the first frame came.
     """
 
     texts: Iterable[TextEvent]
     fps: float = 2.0
     period: float = 1.0
     stats: AlignmentStats = field(default_factory=AlignmentStats)
+    relative_texts: bool = False
 
     def __post_init__(self):
         self.sampler = FrameSampler(self.fps, self.period, max_pending=1 << 30)
@@ -163,8 +167,9 @@ class SecondAligner:
 
     def _index_texts(self, origin: float) -> dict[int, list[str]]:
         by_index: dict[int, list[str]] = defaultdict(list)
+        base = 0.0 if self.relative_texts else origin
         for event in self._events:
-            index = math.floor((event.time - origin) / self.period + 1e-9)
+            index = math.floor((event.time - base) / self.period + 1e-9)
             by_index[index].append(event.text)
         return by_index
 

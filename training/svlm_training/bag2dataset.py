@@ -1,17 +1,29 @@
-"""``svlm-bag2dataset``: rosbag2 bags (camera + text topics) -> a training dataset directory.
+"""``svlm-bag2dataset``: rosbag2 bags (camera + text), videos and public clips -> a dataset.
 
     svlm-bag2dataset BAG [BAG ...] --image-topic /camera/image_raw --text-topic /commentary \\
         --out data/kitchen
+    svlm-bag2dataset BAG --image-topic /camera/image_raw --labels bag.vtt --out data/kitchen
+    svlm-bag2dataset clip.mp4 --labels clip.srt --out data/clip
+    svlm-bag2dataset BAG --image-topic ... --labels bag.vtt --public-jsonl train.jsonl \\
+        --video-root videos/ --out data/mixed
 
-Each bag is one stream (an episode). Frames are sampled and resized as the engine does
-(``--fps``, ``--max-pixels``, ``--min-pixels``); text is aligned to stream seconds (see
-``alignment``); the result is written under a temporary name and renamed into place at the end,
-so a failed build leaves nothing that looks like a dataset.
+Each bag, video file or public clip is one stream (an episode). The words come from a text
+topic of the bag (``--text-topic``), or from one label file per bag or video (``--labels``:
+WebVTT, SRT or JSONL, see ``label_files``; their times count from the first frame unless they
+are absolute stamps, see ``label_timing``; ``--labels-offset`` shifts them), or, for public
+clips, from the reference's training JSONL (``--public-jsonl``, see ``public_data``). One run
+can mix all of these into one dataset, so one ``svlm-train`` trains on all of them.
 
-Stamps (``--stamps``): ``header`` uses the messages' header stamps (camera clock), ``receive``
+Frames are sampled and resized as the engine does (``--fps``, ``--max-pixels``,
+``--min-pixels``); text is aligned to stream seconds (see ``alignment``); the result is written
+under a temporary name and renamed into place at the end, so a failed build leaves nothing that
+looks like a dataset.
+
+Bag stamps (``--stamps``): ``header`` uses the messages' header stamps (camera clock), ``receive``
 the bag's receive times. ``auto`` (default) uses header stamps when both topics have headers
 (Image, CompressedImage, Narration), otherwise receive times for both: mixing two clocks would
-misalign the text by the transport delay or worse (simulation time vs wall time).
+misalign the text by the transport delay or worse (simulation time vs wall time). With
+``--labels`` only the image topic decides. A video's stamps are its frames' times in the file.
 
 Frames the node would reject (unsupported encoding, corrupt data) are skipped and counted per
 reason in the manifest and the summary, as the node skips them; like the node, only frames the
@@ -24,17 +36,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-import cv2
-import numpy as np
-from tqdm import tqdm
-
-from svlm_ros.engine.frame_sampler import FrameRejected
-from svlm_ros.engine.vision_input import fit_frame_size
-from svlm_ros.image_conversion import ImageRejected
 from svlm_training.alignment import SecondAligner, StampsOutOfOrder, TextEvent
 from svlm_training.bag_reading import (
     HEADER_TYPES,
@@ -48,6 +52,15 @@ from svlm_training.bag_reading import (
     message_to_rgb,
 )
 from svlm_training.dataset_format import DatasetWriter
+from svlm_training.episode_writing import FrameOffer, resize_frame, write_episode
+from svlm_training.label_files import LabelFileError, read_cues
+from svlm_training.label_timing import cue_events
+from svlm_training.public_data import read_public_jsonl
+from svlm_training.video_reading import VideoError, is_video
+from svlm_training.video_sources import convert_public_clip, convert_video
+
+__all__ = ["build_dataset", "build_parser", "convert_bag", "main", "read_text_events",
+           "resize_frame", "resolve_stamps"]
 
 STAMP_CHOICES = ("auto", "header", "receive")
 
@@ -61,18 +74,6 @@ def resolve_stamps(mode: str, image_type: str, text_type: str) -> str:
         without = image_type if image_type not in HEADER_TYPES else text_type
         raise BagError(f"--stamps header: {without} messages have no header; use auto or receive")
     return mode
-
-
-def resize_frame(frame: np.ndarray, max_pixels: int, min_pixels: int) -> np.ndarray:
-    """Resize to the size the engine's ``VisionInput`` would (same fit, same interpolation).
-
-    Stored frames are then already at their model size, and ``VisionInput.prepare`` leaves them
-    as they are at training time.
-    """
-    height, width = fit_frame_size(*frame.shape[:2], max_pixels, min_pixels)
-    if (height, width) == frame.shape[:2]:
-        return frame
-    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def _message_time(message, receive_time: float, stamps: str, what: str, bag: BagSource,
@@ -136,61 +137,56 @@ def read_text_events(bag: BagSource, topic: str, text_type: str, stamps: str,
     return events
 
 
-def _rejection_reason(error: Exception) -> str:
-    """A countable reason: the message without its per-frame numbers."""
-    text = str(error)
-    return text.split(";")[0].split(",")[0][:120]
+def _frame_offers(bag: BagSource, topic: str, image_type: str, stamps: str):
+    for item in bag.messages(topic):
+        stamp = _message_time(item.message, item.receive_time, stamps, "image", bag, topic,
+                              item.index)
+        yield FrameOffer(stamp, lambda m=item.message: message_to_rgb(m, image_type))
 
 
-def convert_bag(bag_path: Path, episode: int, writer: DatasetWriter, args,
-                typestore) -> dict:
-    """Read one bag into ``writer``; returns its manifest entry."""
+def _label_events(labels: Path, offset: float) -> tuple[list[TextEvent], dict]:
+    """A label file's events, and what the manifest says of them."""
+    labelled = cue_events(read_cues(labels), str(labels), offset)
+    described = {"labels": str(labels), "labels_offset": offset,
+                 "labels_clock": "absolute" if labelled.absolute else "stream",
+                 "labels_cues": labelled.cues}
+    return labelled.events, described
+
+
+def convert_bag(bag_path: Path, episode: int, writer: DatasetWriter, args, typestore,
+                labels: Path | None = None, labels_offset: float = 0.0) -> dict:
+    """Read one bag into ``writer``; returns its manifest entry.
+
+    The text comes from ``args.text_topic``, or from the label file ``labels`` when given
+    (shifted by ``labels_offset`` s; stream times count from the bag's first camera frame).
+    """
     started = time.perf_counter()
     with BagSource(bag_path, typestore) as bag:
         image_type = bag.check_topic(args.image_topic, IMAGE_TYPES, "image")
-        text_type = bag.check_topic(args.text_topic, TEXT_TYPES, "text")
-        stamps = resolve_stamps(args.stamps, image_type, text_type)
-        events = read_text_events(bag, args.text_topic, text_type, stamps, args.period,
-                                  args.camera)
-        aligner = SecondAligner(events, fps=args.fps, period=args.period)
-        rejected: Counter[str] = Counter()
-        counts = Counter()
-
-        def write(completed) -> None:
-            for second in completed:
-                frames = [resize_frame(f, args.max_pixels, args.min_pixels)
-                          for f in second.frames]
-                writer.add(episode=episode, second=second.index, start=second.start,
-                           end=second.end, text=second.text, received=second.received,
-                           frames=frames)
-                counts["seconds"] += 1
-                counts["silent"] += not second.text
-                counts["words"] += len(second.text.split())
-
-        progress = tqdm(total=bag.message_count(args.image_topic), unit="frame",
-                        desc=bag_path.name, disable=args.quiet, leave=False)
-        with progress:
-            for item in bag.messages(args.image_topic):
-                progress.update()
-                stamp = _message_time(item.message, item.receive_time, stamps, "image", bag,
-                                      args.image_topic, item.index)
-                message = item.message
-                try:
-                    # Decoded only if the sampler keeps it, as the node does.
-                    write(aligner.offer(stamp, lambda m=message: message_to_rgb(m, image_type)))
-                except StampsOutOfOrder as error:
-                    hint = " (header stamps: try --stamps receive)" if stamps == "header" else ""
-                    raise BagError(f"{bag.path}: stamps out of order on {args.image_topic!r}: "
-                                   f"{error}{hint}") from error
-                except (ImageRejected, FrameRejected) as error:
-                    rejected[_rejection_reason(error)] += 1
-                    continue
-                progress.set_postfix(seconds=counts["seconds"], refresh=False)
-            write(aligner.flush())
-        seconds, silent, words = counts["seconds"], counts["silent"], counts["words"]
-        stats = aligner.finish()
-        if seconds == 0:
-            reasons = "; ".join(f"{n} x {r}" for r, n in rejected.most_common()) or "none"
+        text_type = None
+        described: dict = {}
+        if labels is None:
+            text_type = bag.check_topic(args.text_topic, TEXT_TYPES, "text")
+            # Without a text topic only the image topic decides.
+        stamps = resolve_stamps(args.stamps, image_type, text_type or image_type)
+        if labels is None:
+            events = read_text_events(bag, args.text_topic, text_type, stamps, args.period,
+                                      args.camera)
+        else:
+            events, described = _label_events(labels, labels_offset)
+        aligner = SecondAligner(events, fps=args.fps, period=args.period,
+                                relative_texts=described.get("labels_clock") == "stream")
+        try:
+            counts = write_episode(_frame_offers(bag, args.image_topic, image_type, stamps),
+                                   aligner, writer, episode, args,
+                                   total=bag.message_count(args.image_topic), desc=bag_path.name)
+        except StampsOutOfOrder as error:
+            hint = " (header stamps: try --stamps receive)" if stamps == "header" else ""
+            raise BagError(f"{bag.path}: stamps out of order on {args.image_topic!r}: "
+                           f"{error}{hint}") from error
+        stats = counts.alignment
+        if counts.seconds == 0:
+            reasons = "; ".join(f"{n} x {r}" for r, n in counts.rejected.most_common()) or "none"
             raise BagError(
                 f"{bag.path}: no second of usable frames on {args.image_topic!r} "
                 f"({stats.frames_offered} frames; rejected: {reasons})"
@@ -202,26 +198,46 @@ def convert_bag(bag_path: Path, episode: int, writer: DatasetWriter, args,
             "duration": bag.duration,
             "image_topic": args.image_topic,
             "image_type": image_type,
-            "text_topic": args.text_topic,
+            "text_topic": args.text_topic if labels is None else None,
             "text_type": text_type,
+            **described,
             "stamps": stamps,
-            "seconds": seconds,
-            "silent_seconds": silent,
-            "words": words,
-            "frames_rejected": dict(rejected),
+            "seconds": counts.seconds,
+            "silent_seconds": counts.silent,
+            "words": counts.words,
+            "frames_rejected": dict(counts.rejected),
             "alignment": asdict(stats),
             "build_seconds": time.perf_counter() - started,
         }
 
 
+def _convert_sources(args, writer: DatasetWriter) -> list[dict]:
+    """Every source of ``args`` (bags and videos in the order given, then public clips) as
+    consecutive episodes; their manifest entries."""
+    typestore = None
+    sources = []
+    labels = [Path(p) for p in args.labels or []]
+    offsets = args.labels_offset or [0.0]
+    for index, source in enumerate(Path(s) for s in args.sources):
+        label = labels[index] if labels else None
+        offset = offsets[index] if len(offsets) > 1 else offsets[0]
+        if is_video(source):
+            sources.append(convert_video(source, label, offset, len(sources), writer, args))
+            continue
+        if typestore is None:
+            typestore = make_typestore()
+        sources.append(convert_bag(source, len(sources), writer, args, typestore, label, offset))
+    for jsonl in args.public_jsonl or []:
+        for clip in read_public_jsonl(jsonl, args.video_root):
+            sources.append(convert_public_clip(clip, len(sources), writer, args))
+    return sources
+
+
 def build_dataset(args) -> dict:
     """Build the dataset described by parsed ``args``; returns the manifest."""
     started = time.perf_counter()
-    typestore = make_typestore()
-    sources = []
     with DatasetWriter(args.out, overwrite=args.overwrite) as writer:
-        for episode, bag_path in enumerate(args.bags):
-            sources.append(convert_bag(Path(bag_path), episode, writer, args, typestore))
+        sources = _convert_sources(args, writer)
         seconds = sum(s["seconds"] for s in sources)
         silent = sum(s["silent_seconds"] for s in sources)
         words = sum(s["words"] for s in sources)
@@ -245,6 +261,20 @@ def build_dataset(args) -> dict:
     return manifest
 
 
+def _describe(source: dict) -> str:
+    """Where one episode came from, for the summary."""
+    if "bag" in source:
+        words = (f"labels {source['labels']} ({source['labels_clock']} times)"
+                 if source.get("labels") else f"topic {source['text_topic']}")
+        return (f"{source['bag']}: {source['storage']} ({source['files']} file(s)), "
+                f"{source['duration']:.1f} s of bag, text from {words}, stamps from "
+                f"{source['stamps']}")
+    if "public" in source:
+        end = "end" if source["video_end"] is None else f"{source['video_end']:.1f}"
+        return f"{source['public']}: {source['video']} {source['video_start']:.1f} s to {end}"
+    return f"{source['video']}: {source['duration']:.1f} s of video, labels {source['labels']}"
+
+
 def format_summary(manifest: dict, out: str) -> str:
     """The end-of-build summary printed to the user."""
     lines = [f"dataset written to {out}"]
@@ -252,10 +282,9 @@ def format_summary(manifest: dict, out: str) -> str:
         align = source["alignment"]
         dropped = align["text_before_stream"] + align["text_after_stream"] + align["text_in_gaps"]
         lines.append(
-            f"  {source['bag']}: {source['storage']} ({source['files']} file(s)), "
-            f"{source['duration']:.1f} s of bag, {source['seconds']} seconds "
-            f"({source['silent_seconds']} silent), {source['words']} words, stamps from "
-            f"{source['stamps']}, {sum(source['frames_rejected'].values())} frames rejected, "
+            f"  {_describe(source)}; {source['seconds']} seconds "
+            f"({source['silent_seconds']} silent), {source['words']} words, "
+            f"{sum(source['frames_rejected'].values())} frames rejected, "
             f"{dropped} of {align['text_events']} texts outside narrated seconds"
         )
         for reason, count in source["frames_rejected"].items():
@@ -273,15 +302,34 @@ def format_summary(manifest: dict, out: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svlm-bag2dataset",
-        description="Turn rosbag2 bags (camera + text topics) into a narrator training dataset.",
+        description="Turn rosbag2 bags (camera + text topic or label file), video files with "
+                    "label files, and public clips into one narrator training dataset.",
     )
-    parser.add_argument("bags", nargs="+", metavar="BAG",
-                        help="rosbag2 bag directories (sqlite3 or mcap, split or not) or single "
-                             ".db3/.mcap files; each bag is one stream")
-    parser.add_argument("--image-topic", required=True,
-                        help="sensor_msgs/Image or sensor_msgs/CompressedImage topic")
-    parser.add_argument("--text-topic", required=True,
-                        help="std_msgs/String or svlm_ros/msg/Narration topic with the words")
+    parser.add_argument("sources", nargs="*", metavar="BAG_OR_VIDEO",
+                        help="rosbag2 bag directories (sqlite3 or mcap, split or not), single "
+                             ".db3/.mcap files, or video files (.mp4, .mkv, .webm...; need "
+                             "--labels); each is one stream")
+    parser.add_argument("--image-topic", default=None,
+                        help="sensor_msgs/Image or sensor_msgs/CompressedImage topic (required "
+                             "with bags)")
+    parser.add_argument("--text-topic", default=None,
+                        help="std_msgs/String or svlm_ros/msg/Narration topic with the words "
+                             "(or give --labels)")
+    parser.add_argument("--labels", action="append", metavar="FILE",
+                        help="WebVTT, SRT or JSONL (start/end/text) label file instead of a text "
+                             "topic; one per bag or video, in their order (repeat the flag). "
+                             "Times count from the first camera frame, unless they are absolute "
+                             "stamps (>= 1e9 s) on the bag's clock")
+    parser.add_argument("--labels-offset", action="append", type=float, metavar="SECONDS",
+                        help="seconds added to every label time (later if > 0); one value for "
+                             "all label files, or one per file (default 0)")
+    parser.add_argument("--public-jsonl", action="append", metavar="FILE",
+                        help="the StreamingVLM reference's training JSONL (LiveCC style: video "
+                             "path, span and timed text per line); every line becomes an "
+                             "episode after the bags and videos (repeat the flag)")
+    parser.add_argument("--video-root", default=None,
+                        help="folder the --public-jsonl video paths are relative to (default: "
+                             "the JSONL's folder, then $DATASET_PATH)")
     parser.add_argument("--camera", default=None,
                         help="with a Narration text topic: the camera whose narration to use "
                              "(required when the topic holds several)")
@@ -303,9 +351,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def source_problem(args) -> str | None:
+    """What is wrong with the combination of sources and text options, or None."""
+    bags = [s for s in args.sources if not is_video(s)]
+    videos = [s for s in args.sources if is_video(s)]
+    if not args.sources and not args.public_jsonl:
+        return "give at least one bag or video, or --public-jsonl"
+    if bags and not args.image_topic:
+        return "bags need --image-topic"
+    if args.labels and args.text_topic:
+        return "give either --text-topic or --labels, not both"
+    if args.sources and not args.labels and not args.text_topic:
+        return "bags and videos need --text-topic (bags only) or --labels"
+    if videos and args.text_topic:
+        return f"a video file has no topics: {videos[0]} needs --labels instead of --text-topic"
+    if args.labels and len(args.labels) != len(args.sources):
+        return (f"--labels: one label file per bag or video, in their order: got "
+                f"{len(args.labels)} for {len(args.sources)}")
+    if args.labels_offset and not args.labels:
+        return "--labels-offset needs --labels"
+    if args.labels_offset and len(args.labels_offset) not in (1, len(args.labels)):
+        return (f"--labels-offset: one value, or one per label file ({len(args.labels)}); got "
+                f"{len(args.labels_offset)}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``svlm-bag2dataset``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = source_problem(args)
+    if problem:
+        parser.error(problem)
     if args.fps <= 0 or args.period <= 0:
         print("svlm-bag2dataset: error: --fps and --period must be > 0", file=sys.stderr)
         return 2
@@ -314,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         manifest = build_dataset(args)
-    except (BagError, FileExistsError, ValueError) as error:
+    except (BagError, LabelFileError, VideoError, FileExistsError, ValueError) as error:
         print(f"svlm-bag2dataset: error: {error}", file=sys.stderr)
         return 1
     print(format_summary(manifest, args.out))
