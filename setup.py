@@ -57,6 +57,7 @@ setup(
             "svlm-train = svlm_training.trainer:main",
             "svlm-export = svlm_training.export:main",
             "svlm-eval = svlm_training.evaluation:main",
+            "svlm-narrate = svlm_training.narrate:main",  # a bag needs rosbags; a video does not
             "svlm-make-sim-narrator = svlm_training.sim_narrator:main",
             "svlm-sim-ablations = svlm_training.sim_ablations:main",
             "svlm-sim = svlm_ros.sim.cli:main",  # writing bags needs rosbags ([train])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ["svlm-bag2dataset", "svlm-train", "svlm-export", "svlm-eval",
+COMMANDS = ["svlm-bag2dataset", "svlm-train", "svlm-export", "svlm-eval", "svlm-narrate",
             "svlm-make-sim-narrator", "svlm-sim-ablations"]
 
 

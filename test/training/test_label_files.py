@@ -183,3 +183,9 @@ def test_a_file_mixing_stream_times_and_stamps_is_refused_at_the_cue():
     with pytest.raises(LabelFileError, match=r"f\.vtt:9: this cue starts at .* stream times"):
         cue_events([Cue(0, 1, "a", 3), Cue(ABSOLUTE_FROM + 5, ABSOLUTE_FROM + 6, "b", 9)],
                    "f.vtt")
+
+
+def test_a_label_word_ending_in_dots_keeps_them():
+    # "..." closes a narrated second (the end marker), but in a label file it is punctuation.
+    texts, _ = aligned_texts([Cue(0, 1, "wait... what ...")])
+    assert texts[0] == "wait... what ..."

@@ -44,10 +44,15 @@ class StampsOutOfOrder(ValueError):
 
 @dataclass(frozen=True)
 class TextEvent:
-    """A piece of text at a time on the same clock as the frame stamps (s)."""
+    """A piece of text at a time on the same clock as the frame stamps (s).
+
+    ``plain``: the text is a word of a label file, not a narration; it has no end-of-second
+    marker to strip, so a word that ends in "..." keeps it.
+    """
 
     time: float
     text: str
+    plain: bool = False
 
 
 @dataclass
@@ -170,7 +175,8 @@ class SecondAligner:
         base = 0.0 if self.relative_texts else origin
         for event in self._events:
             index = math.floor((event.time - base) / self.period + 1e-9)
-            by_index[index].append(event.text)
+            by_index[index].append(event.text.strip() if event.plain
+                                   else clean_narration(event.text))
         return by_index
 
     def _drain(self) -> Iterator[AlignedSecond]:
@@ -179,7 +185,7 @@ class SecondAligner:
             if second is None:
                 return
             self._seen.add(second.index)
-            pieces = [clean_narration(text) for text in self._by_index.get(second.index, [])]
+            pieces = self._by_index.get(second.index, [])
             yield AlignedSecond(
                 index=second.index,
                 start=second.start,

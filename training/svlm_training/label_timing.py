@@ -93,11 +93,11 @@ def cue_word_events(cue: Cue, offset: float = 0.0) -> list[TextEvent]:
     start, end = cue.start + offset, cue.end + offset
     words = cue.text.split()
     if not words:
-        return [TextEvent(start, "")]
+        return [TextEvent(start, "", plain=True)]
     step = (end - start) / len(words)
     events = []
     for index, word in enumerate(words):
         word_start = start + index * step
         word_end = start + (index + 1) * step
-        events.append(TextEvent(max(word_start, word_end - BOUNDARY), word))
+        events.append(TextEvent(max(word_start, word_end - BOUNDARY), word, plain=True))
     return events
