@@ -139,3 +139,16 @@ def test_help(flag, capsys):
     with pytest.raises(SystemExit) as stop:
         narrate([flag])
     assert stop.value.code == 0 and "usage: svlm-narrate" in capsys.readouterr().out
+
+
+def test_every_flag_is_in_the_training_readme():
+    from pathlib import Path
+
+    from svlm_training.narrate import build_parser
+
+    text = (Path(__file__).resolve().parents[2] / "training" / "README.md").read_text()
+    assert "### `svlm-narrate BAG_OR_VIDEO" in text
+    flags = [option for action in build_parser()._actions for option in action.option_strings
+             if option.startswith("--") and option != "--help"]
+    missing = [flag for flag in flags if f"`{flag}`" not in text and f"`{flag}" not in text]
+    assert not missing, f"undocumented in training/README.md: {missing}"
