@@ -114,3 +114,33 @@ def test_nothing_to_read_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build(tmp_path, [])
     assert "at least one bag or video, or --public-jsonl" in capsys.readouterr().err
+
+
+def test_a_video_file_with_srt_labels_and_an_offset(tmp_path, capsys):
+    from test_narrate import write_mp4
+
+    video = write_mp4(tmp_path / "clip.mp4", seconds=4)
+    labels = tmp_path / "clip.srt"
+    labels.write_text("1\n00:00:00,000 --> 00:00:01,000\nstart\n\n"
+                      "2\n00:00:01,000 --> 00:00:03,000\nthen more\n")
+    code, out = build(tmp_path, [video], "--labels", labels, "--labels-offset", "0.5")
+    assert code == 0, capsys.readouterr().err
+    # [0.5, 1.5] ends in second 1; "then" ends at 2.5, "more" at 3.5.
+    assert texts(out) == ["", "start", "then", "more"]
+    (source,) = json.loads((out / "manifest.json").read_text())["sources"]
+    assert source["video"] == str(video) and source["duration"] == pytest.approx(4.0)
+    assert f"{video}: 4.0 s of video, labels {labels}" in capsys.readouterr().out
+
+
+def test_a_video_refuses_absolute_stamps_and_text_topics(tmp_path, capsys):
+    from test_narrate import write_mp4
+
+    video = write_mp4(tmp_path / "clip.mp4", seconds=2)
+    labels = tmp_path / "clip.jsonl"
+    labels.write_text(json.dumps({"start": START, "end": START + 1, "text": "x"}) + "\n")
+    code, _ = build(tmp_path, [video], "--labels", labels)
+    assert code == 1
+    assert "absolute stamps (>= 1e9 s) label a bag's clock" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build(tmp_path, [video], "--text-topic", "/commentary")
+    assert "a video file has no topics" in capsys.readouterr().err
