@@ -2,7 +2,9 @@
 
 ``torchrun --nproc_per_node=N [--nnodes=M --node_rank=R --rdzv_endpoint=HOST:PORT] ...`` sets
 ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; without them the script is a single process and no
-process group is made. GPUs use NCCL (one GPU per process: the local rank's), the CPU uses gloo.
+process group is made, unless one is asked for (FSDP shards over a group even of one process:
+a run resumed on one rank from a many-rank FSDP checkpoint keeps the same fp32 master weights
+and mixed precision). GPUs use NCCL (one GPU per process: the local rank's), the CPU uses gloo.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ class DistributedContext:
         world_size: Processes in the job.
         local_rank: Rank on this node (selects the GPU).
         device: This process's device.
+        owns_group: This process made the process group (and closes it at the end).
     """
 
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -41,12 +45,37 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def setup_distributed(device: str = "auto") -> DistributedContext:
+def pick_device(device: str = "auto") -> torch.device:
+    """This process's device (the local rank's GPU under torchrun); no process group is made.
+
+    Raises:
+        ValueError: CUDA requested but absent, or more processes on a node than GPUs.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if not use_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    if world_size > 1 or device in ("auto", "cuda"):
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} on this "
+                "node; lower --nproc_per_node"
+            )
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
+
+
+def setup_distributed(device: str = "auto", *, group_of_one: bool = False) -> DistributedContext:
     """Join the torchrun job if there is one, and pick this process's device.
 
     Args:
         device: ``auto`` (the local rank's GPU if CUDA is present, else the CPU), ``cpu``, or
             ``cuda`` / ``cuda:N`` (under torchrun the local rank's GPU is used either way).
+        group_of_one: Make a process group for a single process too (FSDP needs one); it lives
+            in this process only (a ``HashStore``), so no port or torchrun is needed.
 
     Raises:
         ValueError: CUDA requested but absent, or more processes on a node than GPUs.
@@ -54,27 +83,18 @@ def setup_distributed(device: str = "auto") -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda:
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available here")
-        if world_size > 1 or device in ("auto", "cuda"):
-            if local_rank >= torch.cuda.device_count():
-                raise ValueError(
-                    f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} on this "
-                    "node; lower --nproc_per_node"
-                )
-            torch_device = torch.device("cuda", local_rank)
-        else:
-            torch_device = torch.device(device)
+    torch_device = pick_device(device)
+    if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
-    else:
-        torch_device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = False
+    if (world_size > 1 or group_of_one) and not dist.is_initialized():
         backend = "nccl" if torch_device.type == "cuda" else "gloo"
         kwargs = {"device_id": torch_device} if torch_device.type == "cuda" else {}
+        if world_size == 1 and "MASTER_ADDR" not in os.environ:
+            kwargs.update(store=dist.HashStore(), rank=0, world_size=1)
         dist.init_process_group(backend=backend, **kwargs)
-    return DistributedContext(rank, world_size, local_rank, torch_device)
+        owns_group = True
+    return DistributedContext(rank, world_size, local_rank, torch_device, owns_group)
 
 
 def all_reduce_sum(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
@@ -111,5 +131,5 @@ def no_sync(model, context: DistributedContext, sync: bool):
 
 
 def cleanup(context: DistributedContext) -> None:
-    if context.distributed and dist.is_initialized():
+    if context.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -30,6 +30,14 @@ class TrainConfig:
         method: ``lora`` (adapters on the language model) or ``full`` (every weight).
         lora_rank, lora_alpha, lora_dropout: LoRA shape (ignored by ``full``).
         lora_targets: Names of the language-model linear layers LoRA adapts.
+        sharding: ``auto`` (FSDP2 for ``full`` on several ranks, else DDP), ``ddp`` (the model
+            replicated; plain in one process) or ``fsdp`` (``full`` only: fp32 master weights,
+            gradients and AdamW state sharded over the ranks, ``dtype`` compute; see
+            ``svlm_training.fsdp``).
+        memory_budget_gb: Memory per rank the run may use, in GiB (default: the GPU's free
+            memory; on the CPU no check without it). A run whose estimate exceeds it is refused
+            before the first step (``svlm_training.memory_plan``).
+        memory_check: Check the estimate against the budget before training.
         train_vision: Also train the vision tower (``full`` only; frozen by default, as in
             StreamingVLM).
         dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32`` or ``bfloat16``.
@@ -67,6 +75,9 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    sharding: str = "auto"
+    memory_budget_gb: float | None = None
+    memory_check: bool = True
     train_vision: bool = False
     dtype: str = "auto"
     device: str = "auto"
@@ -101,6 +112,12 @@ class TrainConfig:
             raise ValueError(f"method must be 'lora' or 'full', got {self.method!r}")
         if self.train_vision and self.method == "lora":
             raise ValueError("train_vision needs method 'full' (LoRA adapts the language model)")
+        if self.sharding not in ("auto", "ddp", "fsdp"):
+            raise ValueError(f"sharding must be auto, ddp or fsdp, got {self.sharding!r}")
+        if self.sharding == "fsdp" and self.method != "full":
+            raise ValueError("sharding 'fsdp' is for method 'full'; LoRA trains under DDP")
+        if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
+            raise ValueError(f"memory_budget_gb must be > 0, got {self.memory_budget_gb}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.grad_accum < 1:
@@ -158,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset directory (svlm-bag2dataset --out); required "
                                    "unless --resume")
     p.add_argument("--model", help="base checkpoint directory; required unless --resume")
-    p.add_argument("--out", required=True,
-                   help="run directory: checkpoints, loss.jsonl/csv/png, model/ (the export)")
+    p.add_argument("--out", help="run directory: checkpoints, loss.jsonl/csv/png, model/ (the "
+                                  "export); required unless --dry-run")
     p.add_argument("--method", choices=("lora", "full"), default=d.method,
                    help="LoRA adapters on the language model, or full fine-tuning (default lora)")
     p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="LoRA rank (default 16)")
@@ -168,6 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRA dropout (default 0)")
     p.add_argument("--lora-targets", default=",".join(d.lora_targets),
                    help="comma-separated language-model linear layers for LoRA (default: all)")
+    p.add_argument("--sharding", choices=("auto", "ddp", "fsdp"), default=d.sharding,
+                   help="auto: FSDP2 for --method full under torchrun with several processes, "
+                        "else DDP; fsdp: shard fp32 weights, gradients and AdamW state over the "
+                        "ranks (full only; also on one process); ddp: replicate (default auto)")
+    p.add_argument("--memory-budget-gb", type=float, default=None,
+                   help="GiB per rank the run may use (default: the GPU's free memory; on the "
+                        "CPU, no check without it); a run estimated above it is refused")
+    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="train even when the memory estimate exceeds the budget")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the per-rank memory estimate (weights, gradients, optimizer, "
+                        "activations) and whether it fits, then exit without training; "
+                        "needs only --model (its config.json)")
+    p.add_argument("--world-size", default=None, metavar="N[,N...]",
+                   help="with --dry-run: rank counts to estimate for (default: torchrun's "
+                        "WORLD_SIZE, else 1)")
     p.add_argument("--train-vision", action="store_true",
                    help="also train the vision tower (full only; frozen by default)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=d.dtype,

@@ -2,6 +2,11 @@
 
     svlm-train --data data/kitchen --model ckpt/StreamingVLM --out runs/kitchen
     torchrun --nproc_per_node=8 -m svlm_training.trainer --data ... --model ... --out ...
+    svlm-train --dry-run --model ckpt/StreamingVLM --method full --world-size 1,8,16
+
+LoRA replicates the model (DDP); full fine-tuning on several ranks shards it with FSDP2
+(``svlm_training.fsdp``, ``--sharding``). Before loading the model every run checks the memory
+estimate (``svlm_training.memory_plan``) against the budget and refuses what cannot fit.
 
 One optimizer step takes ``grad_accum * world_size`` chunks (the global batch), one chunk per
 micro-step per process. The loss is the mean over every trained token of the global batch:
@@ -18,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,17 +35,22 @@ from tqdm import tqdm
 
 from svlm_ros.engine.model_loading import load_model
 from svlm_training import distributed as dist_utils
-from svlm_training.adaptation import count_parameters, prepare_trainable
+from svlm_training.adaptation import count_parameters, load_trainable_state, prepare_trainable
 from svlm_training.checkpoints import (
+    checkpoint_state,
+    is_sharded_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     resolve_resume,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from svlm_training.chunking import IGNORE, ChunkRenderer, ChunkSample, plan_chunks
 from svlm_training.dataset_format import SecondsDataset
 from svlm_training.export import STREAM_KEYS, save_merged, trained_settings
+from svlm_training.fsdp import gather_trainable_state, grad_norm, resolve_sharding, shard_model
+from svlm_training.memory_preflight import check_run, dry_run, parse_world_sizes
 from svlm_training.plots import plot_loss
 from svlm_training.train_config import TrainConfig, build_parser, config_from_args
 
@@ -152,14 +163,56 @@ def train(config: TrainConfig, *, resume: str | None = None, quiet: bool = False
             (unwrapped, not yet merged) model before the process group closes; the multi-process
             tests use it to compare the ranks' weights.
     """
-    context = dist_utils.setup_distributed(config.device)
+    sharding = run_sharding(config, resume)
+    context = dist_utils.setup_distributed(config.device, group_of_one=sharding == "fsdp")
     try:
-        return _train(config, context, resume, quiet, on_finish)
+        return _train(config, context, sharding, resume, quiet, on_finish)
     finally:
         dist_utils.cleanup(context)
 
 
-def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_finish) -> dict:
+def run_sharding(config: TrainConfig, resume: str | None) -> str:
+    """``ddp`` or ``fsdp`` for this run: ``--sharding``, where ``auto`` follows the checkpoint
+    being resumed (an FSDP run resumed on one rank stays FSDP) or else the method and the
+    number of processes.
+
+    Raises:
+        ValueError: an FSDP run asked to resume from a replicated (safetensors) checkpoint.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    sharding = resolve_sharding(config.sharding, config.method, world_size)
+    if resume is None:
+        return sharding
+    checkpoint = resolve_resume(config.out, resume)
+    saved = checkpoint_state(checkpoint).get("sharding", "ddp")
+    if config.sharding == "auto":
+        return saved
+    if sharding == "fsdp" and not is_sharded_checkpoint(checkpoint):
+        raise ValueError(f"{checkpoint} is a replicated (DDP) checkpoint; an FSDP run resumes "
+                         "only from a sharded one: resume it with --sharding ddp")
+    return sharding
+
+
+def resumed_grad_accum(checkpoint: Path, context, grad_accum: int) -> int:
+    """The accumulation that keeps a checkpoint's global batch on this run's number of
+    processes (a run resumed on other ranks trains on the same chunks per step).
+
+    Raises:
+        ValueError: the processes cannot split the global batch evenly.
+    """
+    saved = int(checkpoint_state(checkpoint)["global_batch"])
+    if saved % context.world_size:
+        raise ValueError(f"{checkpoint} was trained with a global batch of {saved} chunks, "
+                         f"which {context.world_size} processes cannot split evenly")
+    if saved // context.world_size != grad_accum and context.is_main:
+        print(f"svlm-train: {context.world_size} process(es) now: --grad-accum "
+              f"{saved // context.world_size} keeps the global batch of {saved}",
+              file=sys.stderr)
+    return saved // context.world_size
+
+
+def _train(config: TrainConfig, context, sharding: str, resume: str | None, quiet: bool,
+           on_finish) -> dict:
     out = Path(config.out)
     if resume is None and list_checkpoints(out):
         # A fresh run here would mix its checkpoints and log with the old run's, and a later
@@ -168,6 +221,9 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
             f"{out} holds checkpoints of an earlier run; continue it with --resume, or choose "
             "another --out"
         )
+    # Before anything is written or loaded: refuse what cannot fit instead of failing at the
+    # first optimizer step, after a whole forward and backward pass.
+    check_run(config, context.world_size, sharding, context.device)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier(context)
@@ -175,7 +231,9 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
     dtype = config.dtype
     if dtype == "auto":
         dtype = "bfloat16" if context.device.type == "cuda" else "float32"
-    loaded = load_model(config.model, device=str(context.device), dtype=dtype,
+    # FSDP keeps fp32 master weights and computes in ``dtype`` (its mixed-precision policy).
+    loaded = load_model(config.model, device=str(context.device),
+                        dtype="float32" if sharding == "fsdp" else dtype,
                         attn_implementation=config.attn_implementation)
     model = loaded.model
     if config.gradient_checkpointing:
@@ -189,6 +247,10 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
     model = prepare_trainable(model, config)
     model.train()
     trainable, total = count_parameters(model)
+    torch_dtype = getattr(torch, dtype)
+    if sharding == "fsdp":
+        # The optimizer must be built on the sharded parameters, so this comes first.
+        model = shard_model(model, context.device, torch_dtype)
     renderer = ChunkRenderer(
         loaded.processor, loaded.model.config, config.chunk_config(),
         max_pixels=int(dataset.manifest["max_pixels"]),
@@ -197,6 +259,9 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
     chunks = plan_chunks(dataset.episodes(), config.chunk_config())
     # What the model saw, kept in every checkpoint and written beside the exported model.
     trained_stream = {key: dataset.manifest[key] for key in STREAM_KEYS}
+    if resume is not None:
+        config.grad_accum = resumed_grad_accum(resolve_resume(out, resume), context,
+                                               config.grad_accum)
     global_batch = config.grad_accum * context.world_size
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * len(chunks) / global_batch))
     order = ChunkOrder(len(chunks), global_batch, config.seed)
@@ -218,7 +283,7 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
             )
         start_step = int(state["step"])
     train_model = model
-    if context.distributed:
+    if context.distributed and sharding == "ddp":
         device_ids = [context.device.index] if context.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
@@ -227,11 +292,11 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
         print(f"svlm-train: {len(dataset)} seconds in {len(dataset.episodes())} episode(s) -> "
               f"{len(chunks)} chunks of {config.chunk_seconds} s; {context.world_size} process(es)"
               f" x {config.grad_accum} = global batch {global_batch}; {total_steps} steps; "
-              f"{config.method}: {trainable:,} of {total:,} parameters train; {dtype} on "
+              f"{config.method}: {trainable:,} of {total:,} parameters train; {sharding}; "
+              f"{dtype} compute{' on fp32 master weights' if sharding == 'fsdp' else ''} on "
               f"{context.device}", file=sys.stderr)
     progress = tqdm(total=total_steps, initial=start_step, unit="step", desc="svlm-train",
                     disable=quiet or not context.is_main)
-    torch_dtype = getattr(torch, dtype)
     started = time.perf_counter()
     tokens_seen = 0
 
@@ -257,17 +322,15 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
             trained_tokens, tokens = int(counts[0]), int(counts[1])
             loss_sum = torch.zeros((), dtype=torch.float64)
             for index, sample in enumerate(samples):
-                sync = index == len(samples) - 1
+                # DDP all-reduces only on the last micro-step. FSDP reduce-scatters on every
+                # one: skipping would hold whole unsharded gradients, the memory it saves.
+                sync = index == len(samples) - 1 or sharding == "fsdp"
                 with dist_utils.no_sync(train_model, context, sync):
                     loss, _ = chunk_loss(train_model, sample, context.device, torch_dtype)
                     (loss * (context.world_size / max(trained_tokens, 1))).backward()
                 loss_sum += loss.detach().double().cpu()
             loss_sum = dist_utils.all_reduce_sum(loss_sum, context)
-            if config.max_grad_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm))
-            else:
-                grad_norm = float(torch.linalg.vector_norm(
-                    torch.stack([p.grad.norm() for p in parameters if p.grad is not None])))
+            norm = grad_norm(parameters, config.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -279,7 +342,7 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
                 "epoch": round(order.epoch_of(step), 4),
                 "loss": float(loss_sum) / max(trained_tokens, 1),
                 "lr": lr,
-                "grad_norm": grad_norm,
+                "grad_norm": norm,
                 "chunks": global_batch,
                 "tokens": tokens,
                 "trained_tokens": trained_tokens,
@@ -292,7 +355,7 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
                 progress.update()
             done = step + 1 == total_steps
             if done or (config.save_every and (step + 1) % config.save_every == 0):
-                _save(out, step + 1, model, optimizer, scheduler, config, context,
+                _save(out, step + 1, model, optimizer, scheduler, config, context, sharding,
                       {"total_steps": total_steps, "global_batch": global_batch,
                        "world_size": context.world_size, "stream": trained_stream})
     finally:
@@ -310,7 +373,11 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
         "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else 0.0,
         "world_size": context.world_size,
         "global_batch": global_batch,
+        "sharding": sharding,
     }
+    export_model = model
+    if config.export and sharding == "fsdp":
+        export_model = _gathered_model(model, config, dtype, context)  # collective
     if context.is_main:
         records = log.records
         summary["first_loss"] = records[0]["loss"] if records else None
@@ -318,15 +385,34 @@ def _train(config: TrainConfig, context, resume: str | None, quiet: bool, on_fin
         if records:
             plot_loss(records, out / "loss.png")
         if config.export:
-            summary["model"] = str(save_merged(model, loaded.processor, out / "model",
+            summary["model"] = str(save_merged(export_model, loaded.processor, out / "model",
                                                settings=trained_settings(config, trained_stream)))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     dist_utils.barrier(context)
     return summary
 
 
+def _gathered_model(model, config: TrainConfig, dtype: str, context):
+    """A plain copy of an FSDP model for the export, on rank 0 (None elsewhere): the base
+    loaded on the CPU in the compute dtype, with the trained weights gathered from the shards.
+    """
+    state = gather_trainable_state(model)
+    if not context.is_main:
+        return None
+    plain = prepare_trainable(load_model(config.model, device="cpu", dtype=dtype).model, config)
+    load_trainable_state(plain, state)
+    return plain
+
+
 def _save(out: Path, step: int, model, optimizer, scheduler, config: TrainConfig, context,
-          state: dict) -> None:
+          sharding: str, state: dict) -> None:
+    if sharding == "fsdp":
+        save_sharded_checkpoint(out, step, model, optimizer, scheduler, config, state,
+                                is_main=context.is_main)
+        if context.is_main:
+            prune_checkpoints(out, config.keep_checkpoints)
+        dist_utils.barrier(context)
+        return
     if context.is_main:
         save_checkpoint(out, step, model, optimizer, scheduler, config, state)
         prune_checkpoints(out, config.keep_checkpoints)
@@ -351,6 +437,22 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point ``svlm-train``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dry_run:
+        if args.model is None:
+            parser.error("--dry-run needs --model (its config.json is enough)")
+        try:
+            config = config_from_args(args)
+            sizes = parse_world_sizes(args.world_size, int(os.environ.get("WORLD_SIZE", "1")))
+            device = dist_utils.pick_device(config.device)
+            print(dry_run(config, sizes, device))
+        except ValueError as error:
+            print(f"svlm-train: error: {error}", file=sys.stderr)
+            return 1
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
+    if args.world_size is not None:
+        parser.error("--world-size is for --dry-run; a run's world size is torchrun's")
     if args.resume is None and (args.data is None or args.model is None):
         parser.error("--data and --model are required (unless --resume)")
     try:
@@ -360,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
             config.out = args.out  # the run lives where --out says (it may have been moved)
             if args.max_steps is not None:
                 config.max_steps = args.max_steps
+            # The memory check may be re-budgeted on another machine; the rest is the run's.
+            if args.memory_budget_gb is not None:
+                config.memory_budget_gb = args.memory_budget_gb
+            if not args.memory_check:
+                config.memory_check = False
         else:
             config = config_from_args(args)
         summary = train(config, resume=args.resume, quiet=args.quiet)
