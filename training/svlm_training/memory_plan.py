@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 GIB = 1024**3
+MIB = 1024**2
 #: Turn framing per second (time text, user/assistant headers, vision markers, end tokens).
 FRAMING_TOKENS_PER_SECOND = 20
 #: System turn and previous-text header of a chunk.
@@ -219,6 +220,15 @@ def model_shape(model_dir: str | Path, *, fps: float, period: float, max_pixels:
     )
 
 
+def size(value: int) -> str:
+    """Bytes in GiB, or in MiB below one GiB (the tiny test models)."""
+    return f"{value / GIB:.1f} GiB" if value >= GIB else f"{value / MIB:.1f} MiB"
+
+
+def count(parameters: int) -> str:
+    return f"{parameters / 1e9:.2f} B" if parameters >= 10**8 else f"{parameters:,}"
+
+
 def column_name(setup: Setup) -> str:
     if setup.world_size == 1 and setup.sharding != "fsdp":
         return f"{setup.method}, 1 process"
@@ -234,10 +244,11 @@ def describe(setup: Setup) -> str:
 
 def format_table(plans: list[MemoryPlan], shape: ModelShape) -> str:
     """The estimate as a Markdown table: one column per plan, GiB per rank."""
-    header = ["per rank (GiB)"] + [column_name(plan.setup) for plan in plans]
+    unit, scale = ("GiB", GIB) if max(p.total for p in plans) >= GIB else ("MiB", MIB)
+    header = [f"per rank ({unit})"] + [column_name(plan.setup) for plan in plans]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for index, (name, _) in enumerate(plans[0].rows()):
-        cells = [f"{plan.rows()[index][1] / GIB:.1f}" for plan in plans]
+        cells = [f"{plan.rows()[index][1] / scale:.1f}" for plan in plans]
         if name == "total per rank":
             name, cells = f"**{name}**", [f"**{c}**" for c in cells]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -246,7 +257,7 @@ def format_table(plans: list[MemoryPlan], shape: ModelShape) -> str:
     dtype = {2: "bf16", 4: "fp32"}[first.compute_bytes]
     lines.append("")
     lines.append(
-        f"{first.method}: {trained / 1e9:.2f} B of {shape.total / 1e9:.2f} B parameters "
+        f"{first.method}: {count(trained)} of {count(shape.total)} parameters "
         f"train; {dtype} compute; chunk <= {first.tokens:,} tokens ({first.trained_tokens} "
         f"trained); activation checkpointing {'on' if first.checkpointing else 'off'}")
     return "\n".join(lines)
@@ -274,7 +285,7 @@ def fitting_options(shape: ModelShape, setup: Setup, budget: int) -> list[str]:
             continue  # the fewest ranks that fit is the useful answer; more ranks fit as well
         plan = estimate(shape, candidate)
         if plan.total <= budget:
-            found.append(f"{describe(candidate)} ({plan.total / GIB:.1f} GiB per rank)")
+            found.append(f"{describe(candidate)} ({size(plan.total)} per rank)")
             sharded_found = sharded_found or is_sharded
     return found
 
@@ -296,6 +307,6 @@ def check_fits(plan: MemoryPlan, shape: ModelShape, budget: int, budget_source: 
         "nothing tried fits (more ranks with --sharding fsdp, --method lora, shorter "
         "--chunk-seconds or a smaller --max-pixels in the dataset)")
     raise MemoryPlanError(
-        f"this run needs about {plan.total / GIB:.1f} GiB per rank ({describe(plan.setup)}) "
-        f"but the budget is {budget / GIB:.1f} GiB ({budget_source}):\n"
+        f"this run needs about {size(plan.total)} per rank ({describe(plan.setup)}) "
+        f"but the budget is {size(budget)} ({budget_source}):\n"
         f"{format_table([plan], shape)}\n{advice}; --no-memory-check runs it anyway")

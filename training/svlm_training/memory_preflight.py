@@ -27,6 +27,7 @@ from svlm_training.memory_plan import (
     fitting_options,
     format_table,
     model_shape,
+    size,
 )
 from svlm_training.train_config import TrainConfig
 
@@ -118,13 +119,13 @@ def dry_run(config: TrainConfig, world_sizes: list[int], device: torch.device) -
         lines.append("no budget to check against (the CPU: give --memory-budget-gb)")
         return "\n".join(lines)
     limit, source = budget
-    lines.append(f"budget: {limit / GIB:.1f} GiB per rank ({source})")
+    lines.append(f"budget: {size(limit)} per rank ({source})")
     for plan in plans:
         verdict = "fits" if plan.total <= limit else "does NOT fit"
-        lines.append(f"  {plan.setup.world_size} rank(s): {plan.total / GIB:.1f} GiB, {verdict}")
+        lines.append(f"  {plan.setup.world_size} rank(s): {size(plan.total)}, {verdict}")
         if plan.total > limit:
             options = fitting_options(shape, plan.setup, limit)
-            lines.append("    options that fit: " + ("; ".join(options) or "none tried"))
+            lines.append("    options that fit: " + ("; ".join(options) or "none of the alternatives tried"))
     return "\n".join(lines)
 
 
