@@ -125,7 +125,8 @@ def dry_run(config: TrainConfig, world_sizes: list[int], device: torch.device) -
         lines.append(f"  {plan.setup.world_size} rank(s): {size(plan.total)}, {verdict}")
         if plan.total > limit:
             options = fitting_options(shape, plan.setup, limit)
-            lines.append("    options that fit: " + ("; ".join(options) or "none of the alternatives tried"))
+            found = "; ".join(options) or "none of the alternatives tried"
+            lines.append(f"    options that fit: {found}")
     return "\n".join(lines)
 
 
