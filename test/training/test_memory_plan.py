@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 from svlm_training.adaptation import count_parameters, prepare_trainable
 from svlm_training.fsdp import resolve_sharding
 from svlm_training.memory_plan import (
@@ -121,7 +122,7 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, t
 def test_dry_run_prints_the_table_and_trains_nothing(tmp_path, tiny_model_path, capsys):
     out = tmp_path / "run"
     argv = ["--dry-run", "--model", str(tiny_model_path), "--method", "full", "--out", str(out),
-            "--chunk-seconds", "4", "--overlap-seconds", "2"]
+            "--chunk-seconds", "4", "--overlap-seconds", "2", "--device", "cpu"]
     one, two = estimate_gib(argv, 1, "ddp"), estimate_gib(argv, 2, "fsdp")
     assert two < one
     code = main([*argv, "--world-size", "1,2", "--memory-budget-gb", f"{(one + two) / 2:.9f}"])
@@ -133,6 +134,14 @@ def test_dry_run_prints_the_table_and_trains_nothing(tmp_path, tiny_model_path, 
     assert "  1 rank(s):" in printed and "MiB, does NOT fit" in printed
     assert "  2 rank(s):" in printed and "MiB, fits" in printed
     assert not out.exists()
+
+
+def test_dry_run_plans_for_gpus_unless_told_cpu(tiny_model_path, capsys):
+    assert main(["--dry-run", "--model", str(tiny_model_path), "--method", "lora"]) == 0
+    printed = capsys.readouterr().out
+    assert "memory per rank on GPUs" in printed and "bf16 compute" in printed
+    if not torch.cuda.is_available():
+        assert "no budget to check against (no GPU here" in printed
 
 
 def test_dry_run_needs_a_model_and_sane_world_sizes(tmp_path, tiny_model_path, capsys):

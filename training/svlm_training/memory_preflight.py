@@ -102,21 +102,23 @@ def check_run(config: TrainConfig, world_size: int, sharding: str,
 
 def dry_run(config: TrainConfig, world_sizes: list[int], device: torch.device) -> str:
     """The report of ``svlm-train --dry-run``: the table for each world size, the budget and
-    whether each fits, and the options that fit where one does not."""
+    whether each fits, and the options that fit where one does not.
+
+    The plan is for a GPU (bf16 with ``--dtype auto``) unless ``--device cpu``: a run is
+    usually planned on another machine than the one it will use.
+    """
     shape, frames = shape_of(config)
+    planned = "cpu" if config.device == "cpu" else "cuda"
     plans = []
     for world_size in world_sizes:
         sharding = resolve_sharding(config.sharding, config.method, world_size)
-        plans.append(estimate(shape, setup_of(config, shape, world_size, sharding,
-                                              device.type)))
-    lines = [f"svlm-train --dry-run: memory per rank for {config.model} ({frames}; "
-             f"compute on {device.type})", "", format_table(plans, shape), ""]
-    if device.type != "cuda" and config.dtype == "auto":
-        lines.append("(--dtype auto computes in fp32 off CUDA: give --dtype bfloat16 to plan a "
-                     "GPU run from here)")
+        plans.append(estimate(shape, setup_of(config, shape, world_size, sharding, planned)))
+    target = "the CPU" if planned == "cpu" else "GPUs"
+    lines = [f"svlm-train --dry-run: memory per rank on {target} for {config.model} ({frames})",
+             "", format_table(plans, shape), ""]
     budget = budget_of(config, device)
     if budget is None:
-        lines.append("no budget to check against (the CPU: give --memory-budget-gb)")
+        lines.append("no budget to check against (no GPU here: give --memory-budget-gb)")
         return "\n".join(lines)
     limit, source = budget
     lines.append(f"budget: {size(limit)} per rank ({source})")
