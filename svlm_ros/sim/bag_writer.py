@@ -32,6 +32,10 @@ class BagSettings:
         storage: ``sqlite3`` (.db3) or ``mcap``.
         image_format: ``raw`` (Image rgb8), ``png`` or ``jpeg`` (CompressedImage).
         start_stamp: Camera-clock time of stream second 0 (a real clock is far from 0).
+        phase: World time (s) of the first frame, in ``[0, 1 / camera_hz)``. A camera is not
+            synchronised with the world: a narrator's seconds start at the first frame it
+            gets, so its frames sit anywhere within a frame interval of the world's seconds.
+            Bags with a phase teach a model that; the ground truth stays per world second.
         image_topic, text_topic: Topic names.
         frame_id: Header frame of the images.
     """
@@ -41,6 +45,7 @@ class BagSettings:
     storage: str = "mcap"
     image_format: str = "raw"
     start_stamp: float = 1_750_000_000.0
+    phase: float = 0.0
     image_topic: str = "/camera/image_raw"
     text_topic: str = "/svlm/ground_truth"
     frame_id: str = "sim_camera"
@@ -50,6 +55,9 @@ class BagSettings:
             raise ValueError(f"seconds must be >= 1, got {self.seconds}")
         if not 0 < self.camera_hz <= 120:
             raise ValueError(f"camera_hz must be in (0, 120], got {self.camera_hz}")
+        if not 0 <= self.phase < 1 / self.camera_hz:
+            raise ValueError(f"phase must be in [0, 1 / camera_hz = {1 / self.camera_hz:g}), "
+                             f"got {self.phase}")
         if self.storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
         if self.image_format not in IMAGE_FORMATS:
@@ -122,8 +130,8 @@ def write_world_bag(
                 sentence = world.sentence_at(second)
                 text_time = settings.start_stamp + second + 0.5
                 text_written = not sentence
-                while frame / frames_per_second < second + 1:
-                    t = frame / frames_per_second
+                while settings.phase + frame / frames_per_second < second + 1:
+                    t = settings.phase + frame / frames_per_second
                     stamp = settings.start_stamp + t
                     if not text_written and stamp >= text_time:
                         writer.write(texts, _nanoseconds(text_time), typestore.serialize_cdr(

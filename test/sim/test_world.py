@@ -135,3 +135,32 @@ def test_pauses_are_quiet_and_do_not_shift_the_rest_of_the_timeline():
                                                            for s in range(70)]
     with pytest.raises(ValueError, match="pause_seconds"):
         WorldConfig(pause_every=10, pause_seconds=10)
+
+
+def test_a_bag_with_a_phase_starts_its_frames_into_the_first_second(tmp_path):
+    # A live camera is not synchronised with the world: its first frame comes anywhere within
+    # a frame interval. The frames show the world at their own time; the text stays per second.
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    world = World(WorldConfig(seed=7, width=64, height=48))
+    settings = BagSettings(seconds=6, camera_hz=2.0, storage="mcap", image_format="raw",
+                           phase=0.2)
+    path = write_world_bag(tmp_path / "world", world, settings)
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    stamps, texts = [], []
+    with Reader(path) as reader:
+        for connection, timestamp, data in reader.messages():
+            message = typestore.deserialize_cdr(data, connection.msgtype)
+            if connection.topic == settings.image_topic:
+                t = message.header.stamp.sec + message.header.stamp.nanosec * 1e-9 - 1.75e9
+                stamps.append(round(t, 6))
+                picture = np.frombuffer(message.data, np.uint8).reshape(48, 64, 3)
+                assert np.array_equal(picture, world.render(t))
+            else:
+                texts.append(round(timestamp * 1e-9 - settings.start_stamp, 6))
+    assert stamps == [0.2 + i / 2 for i in range(12)]
+    assert texts == [s + 0.5 for s in range(6) if world.sentence_at(s)]
+    for phase in (-0.1, 0.5):
+        with pytest.raises(ValueError, match="phase"):
+            BagSettings(camera_hz=2.0, phase=phase)

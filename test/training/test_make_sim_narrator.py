@@ -31,11 +31,28 @@ def test_a_toy_narrator_is_made_and_a_second_stage_continues_it(tmp_path, capsys
     load_model(str(first), device="cpu")  # a loadable checkpoint
 
     second = tmp_path / "second"
-    assert sim_narrator.main([str(second), *TOY, "--seed", "1", "--init-from", str(first)]) == 0
+    work = tmp_path / "work"
+    assert sim_narrator.main([str(second), *TOY, "--seed", "1", "--init-from", str(first),
+                              "--first-world", "3", "--phase-jitter", "0.2",
+                              "--work", str(work)]) == 0
     staged = json.loads((second / "svlm_recipe.json").read_text())
-    assert staged["command"].endswith("--seed 1 --init-from EARLIER")
+    assert staged["command"].endswith(
+        "--seed 1 --first-world 3 --phase-jitter 0.2 --init-from EARLIER")
+    assert staged["world_seeds"] == [3, 4] and staged["phase_jitter"] == 0.2
+    # New worlds, each starting at its own phase below the jitter.
+    phases = [sim_narrator.world_phase(seed, 0.2) for seed in (3, 4)]
+    assert all(0 < phase < 0.2 for phase in phases) and phases[0] != phases[1]
+    assert sorted(p.name for p in (work / "bags").iterdir()) == [
+        f"world_{seed:03d}_phase{phase:.4f}" for seed, phase in zip((3, 4), phases, strict=True)]
     assert [stage["command"] for stage in staged["earlier_stages"]] == [recipe["command"]]
     assert "initial model: " in capsys.readouterr().out
+
+
+def test_a_phase_jitter_of_half_a_second_or_more_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sim_narrator.main([str(out), *TOY, "--phase-jitter", "0.5"]) == 1
+    assert "--phase-jitter must be in [0, 0.5)" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_init_from_a_folder_that_is_no_sim_narrator_is_refused(tmp_path, capsys):

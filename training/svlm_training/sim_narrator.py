@@ -2,9 +2,10 @@
 
 One command, the same steps a robot team takes with its own bags:
 
-1. ``svlm-sim``'s bag writer records ``--bags`` simulated streams (seeds 1..N; the demo and the
-   long evaluation use other seeds) as rosbag2 (mcap, png frames at 2 Hz, ground truth as
-   ``std_msgs/String``);
+1. ``svlm-sim``'s bag writer records ``--bags`` simulated streams (world seeds from
+   ``--first-world``, default 1..N; the demo and the long evaluation use other seeds) as
+   rosbag2 (mcap, png frames at 2 Hz, ground truth as ``std_msgs/String``), each stream's
+   frames starting up to ``--phase-jitter`` seconds into its world's first second;
 2. ``svlm-bag2dataset`` turns them into a dataset (224x168 frames: 48 vision tokens a second;
    at 112x84 a shape covers about one vision token and the tiny vision tower did not learn to
    see it in the time budget, measured);
@@ -30,7 +31,9 @@ Defaults take about 30 minutes on a 2-core CPU. Everything runs in a work folder
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -85,6 +88,14 @@ def world_vocabulary() -> list[str]:
     return lines
 
 
+def world_phase(seed: int, jitter: float) -> float:
+    """The first frame's world time of stream ``seed``: uniform in ``[0, jitter)``, the same
+    for the same seed (0 without jitter)."""
+    if not jitter:
+        return 0.0
+    return random.Random(f"phase-{seed}").uniform(0.0, jitter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svlm-make-sim-narrator",
                                      description=__doc__.split("\n\n")[0])
@@ -96,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="optimizer steps (default 10000)")
     parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (3e-4)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and order seed")
+    parser.add_argument("--first-world", type=int, default=1,
+                        help="world seed of the first stream (default 1): a later stage on "
+                        "new worlds sees streams the earlier ones did not")
+    parser.add_argument("--phase-jitter", type=float, default=0.0,
+                        help="each stream's first frame starts this many seconds or less "
+                        "after its world's second 0 (random per world, below 0.5; default 0): "
+                        "a live camera is not synchronised with the world's seconds")
     parser.add_argument("--init-from", default=None, metavar="DIR",
                         help="continue training an earlier sim narrator (a folder this "
                         "command wrote) instead of a fresh tiny model")
@@ -115,6 +133,11 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
     from svlm_training import bag2dataset, trainer
 
     out = Path(args.out)
+    if not 0 <= args.phase_jitter < 0.5:
+        raise ValueError(f"--phase-jitter must be in [0, 0.5) (the frames are 2 Hz), got "
+                         f"{args.phase_jitter}")
+    if args.first_world < 1:
+        raise ValueError(f"--first-world must be >= 1, got {args.first_world}")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     earlier = None
@@ -132,12 +155,16 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
         settings = BagSettings(seconds=args.bag_seconds, camera_hz=2.0, storage="mcap",
                                image_format="png", image_topic=IMAGE_TOPIC,
                                text_topic=TEXT_TOPIC)
+        seeds = range(args.first_world, args.first_world + args.bags)
         with tqdm(total=args.bags, unit="bag", desc="1/4 simulated bags") as bar:
-            for seed in range(1, args.bags + 1):
-                path = work / "bags" / f"world_{seed:03d}"
+            for seed in seeds:
+                phase = world_phase(seed, args.phase_jitter)
+                suffix = f"_phase{phase:.4f}" if phase else ""
+                path = work / "bags" / f"world_{seed:03d}{suffix}"
                 if not path.exists():
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    write_world_bag(path, World(WorldConfig(seed=seed)), settings)
+                    write_world_bag(path, World(WorldConfig(seed=seed)),
+                                    dataclasses.replace(settings, phase=phase))
                 bags.append(str(path))
                 bar.update()
         dataset = work / "dataset"
@@ -179,7 +206,8 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
             if (run / name).exists():
                 shutil.copy2(run / name, staging / name)
         command = (f"svlm-make-sim-narrator OUT --bags {args.bags} --bag-seconds "
-                   f"{args.bag_seconds} --steps {args.steps} --lr {args.lr} --seed {args.seed}")
+                   f"{args.bag_seconds} --steps {args.steps} --lr {args.lr} --seed {args.seed}"
+                   f" --first-world {args.first_world} --phase-jitter {args.phase_jitter}")
         recipe = {
             # The settings that shape the model (not this machine's paths).
             "command": command if earlier is None else f"{command} --init-from EARLIER",
@@ -188,7 +216,8 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
                                [*earlier.get("earlier_stages", []),
                                 {k: earlier[k] for k in ("command", "steps", "minutes")
                                  if k in earlier}]),
-            "bags": args.bags, "bag_seconds": args.bag_seconds, "world_seeds": [1, args.bags],
+            "bags": args.bags, "bag_seconds": args.bag_seconds,
+            "world_seeds": [seeds[0], seeds[-1]], "phase_jitter": args.phase_jitter,
             "steps": args.steps, "lr": args.lr, "seed": args.seed,
             "narrator_settings": NARRATOR_SETTINGS,
             "minutes": round((time.perf_counter() - started) / 60, 1),
