@@ -29,10 +29,10 @@ import html
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 FORMATS = ("vtt", "srt", "jsonl")
 _SUFFIXES = {".vtt": "vtt", ".webvtt": "vtt", ".srt": "srt", ".jsonl": "jsonl", ".json": "jsonl",
@@ -199,16 +199,25 @@ def _number(path: Path, number: int, item: dict, key: str) -> float:
     return float(value)
 
 
-def _parse_jsonl(path: Path, lines: list[str]) -> list[Cue]:
-    cues = []
+def json_lines(path: Path, lines: list[str]) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` for every non-blank line of a JSON-lines file.
+
+    Raises:
+        LabelFileError: a line is not valid JSON (the error names it).
+    """
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as error:
             raise LabelFileError(path, number, f"not valid JSON: {error.msg} (column "
                                                f"{error.colno})") from None
+
+
+def _parse_jsonl(path: Path, lines: list[str]) -> list[Cue]:
+    cues = []
+    for number, item in json_lines(path, lines):
         if not isinstance(item, dict):
             raise LabelFileError(path, number, "expected an object like {\"start\": 0.0, "
                                                "\"end\": 1.0, \"text\": \"...\"}")

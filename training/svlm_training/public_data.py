@@ -26,14 +26,13 @@ Errors name the file and the line.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svlm_training.label_files import Cue, LabelFileError
+from svlm_training.label_files import Cue, LabelFileError, json_lines
 
 
 @dataclass(frozen=True)
@@ -157,14 +156,7 @@ def read_public_jsonl(path: str | Path, video_root: str | Path | None = None) ->
     except (OSError, UnicodeDecodeError) as error:
         raise LabelFileError(path, None, f"cannot be read as UTF-8 text: {error}") from error
     clips = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise LabelFileError(path, number, f"not valid JSON: {error.msg} (column "
-                                               f"{error.colno})") from None
+    for number, item in json_lines(path, lines):
         if isinstance(item, list) and item and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in item):
             continue  # a seek index (byte offsets of the lines), not a sample
