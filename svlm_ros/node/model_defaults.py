@@ -14,17 +14,15 @@ from typing import Any
 
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.model_settings import SETTINGS_FILE, ModelSettings, format_warning
-from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
+from svlm_ros.engine.prompt_format import DEFAULT_SYSTEM_PROMPT
 from svlm_ros.node.parameters import MODEL_SETTING_PARAMETERS, SPECS
 
 
 def effective_value(name: str, value: Any) -> Any:
-    """What the stream gets from parameter ``name`` set to ``value``: an empty system prompt or
-    instruction is the built-in one, numbers compare as the parameter's type."""
+    """What the stream gets from parameter ``name`` set to ``value``: an empty system prompt is
+    the built-in one (an empty instruction is none), numbers compare as the parameter's type."""
     if name == "system_prompt":
         return value or DEFAULT_SYSTEM_PROMPT
-    if name == "instruction":
-        return value or DEFAULT_INSTRUCTION
     if SPECS[name].type_name == "double":
         return float(value)
     return value

@@ -253,9 +253,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("system_prompt", "", "System turn (part of the attention sink); empty: the built-in "
           f"one, StreamingVLM's '{DEFAULT_SYSTEM_PROMPT}'.", restarts_stream=True,
           model_setting=True),
-    _spec("instruction", "", "Task instruction after the first second's video (it leaves the "
-          "cache with that second); empty: the built-in one, StreamingVLM's "
-          f"'{DEFAULT_INSTRUCTION}'.", restarts_stream=True, model_setting=True),
+    _spec("instruction", DEFAULT_INSTRUCTION, "Task instruction after the first second's video "
+          "(it leaves the cache with that second); the default is the reference CLI's; empty: "
+          "none, as StreamingVLM's training chunks (a model trained without one says so in its "
+          "svlm_settings.json).", restarts_stream=True, model_setting=True),
     _spec("previous_text", "", "Text the previous-text turn starts with (a scene description or "
           "task context; it counts toward the text windows); empty: none.",
           restarts_stream=True, model_setting=True),
@@ -381,7 +382,7 @@ def stream_config(values: Mapping[str, Any]) -> StreamConfig:
         min_pixels=int(values["min_pixels"]),
         max_new_tokens=int(values["max_new_tokens"]),
         system_prompt=values["system_prompt"] or DEFAULT_SYSTEM_PROMPT,
-        instruction=values["instruction"] or DEFAULT_INSTRUCTION,
+        instruction=values["instruction"],
         previous_text=values["previous_text"],
         cache=CachePolicyConfig(
             text_sink_tokens=int(values["text_sink_tokens"]),

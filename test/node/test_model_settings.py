@@ -173,12 +173,19 @@ def test_a_given_parameter_wins_with_a_warning_when_it_differs():
     ]
 
 
-def test_an_empty_prompt_given_is_the_built_in_one_and_only_differs_from_another():
+def test_an_empty_system_prompt_is_the_built_in_one_an_empty_instruction_is_none():
     reference = replace(SETTINGS, system_prompt=DEFAULT_SYSTEM_PROMPT,
                         instruction=DEFAULT_INSTRUCTION)
-    values = {**defaults(), "system_prompt": "", "instruction": ""}
+    values = {**defaults(), "system_prompt": ""}
     merged = model_defaults(reference, values, given={"system_prompt", "instruction"})
-    assert merged.warnings == []  # '' means the built-in, which the file names
+    assert merged.warnings == []  # '' means the built-in system turn, which the file names
+    # No instruction (a model trained on the reference's chunks, which had none) is not the
+    # reference CLI's: a given '' differs from a file naming it, and a file's '' is kept.
+    merged = model_defaults(reference, {**defaults(), "instruction": ""}, given={"instruction"})
+    assert [w.split(":")[0] for w in merged.warnings] == ["instruction"]
+    merged = model_defaults(replace(SETTINGS, instruction=""), defaults(), given=set())
+    assert merged.changes["instruction"] == ""
+    assert stream_config({**defaults(), **merged.changes}).instruction == ""
     merged = model_defaults(SETTINGS, values, given={"system_prompt"})
     assert len(merged.warnings) == 1 and merged.warnings[0].startswith(
         "system_prompt: the given '' is used, not the 'You watch a kitchen.'")
