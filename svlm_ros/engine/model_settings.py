@@ -64,8 +64,8 @@ class ModelSettings:
         text_sink_tokens, text_window_tokens: The previous-text cut of the chunks.
         vision_window_seconds: Seconds of video the narrator should keep in its cache.
         system_prompt, instruction, previous_text: The prompts, as the node's parameters of
-            the same names take them: an empty system prompt or instruction is the built-in
-            one (StreamingVLM's), an empty previous text is none.
+            the same names take them: an empty system prompt is the built-in one (Qwen's), an
+            empty instruction or previous text is none.
     """
 
     format: str

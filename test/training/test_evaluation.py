@@ -128,3 +128,29 @@ def test_eval_asks_questions_and_runs_the_cache_ablations(tmp_path, tiny_model_p
     bad.write_text("{\"question\": \"no second\"}\n")
     assert main([*base, "--out", str(tmp_path / "x"), "--questions", str(bad)]) == 1
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_eval_takes_the_models_settings_unless_given(tmp_path, tiny_model_path, capsys):
+    # As the node: a model trained without an instruction and with other windows is
+    # evaluated with them (svlm-eval used the node's built-in defaults whatever the model said).
+    import shutil
+
+    from svlm_ros.engine.model_settings import ModelSettings, write_settings
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    write_settings(model, ModelSettings(
+        format="streamingvlm-v1", fps=2.0, period=1.0, max_pixels=6272, min_pixels=3136,
+        max_new_tokens=3, text_sink_tokens=16, text_window_tokens=32, vision_window_seconds=4,
+        system_prompt="", instruction="", previous_text="A lab bench."))
+    bag = write_bag(tmp_path / "bag", BagSpec(seconds=3, texts=TEXTS))
+    out = tmp_path / "eval"
+    code = main(["--bag", str(bag), "--model", str(model), "--image-topic", "/camera/image",
+                 "--out", str(out), "--quiet", "--max-seconds", "1", "--text-window-tokens", "64"])
+    assert code == 0, capsys.readouterr().err
+    settings = json.loads((out / "scores.json").read_text())["settings"]
+    assert settings["instruction"] == "" and settings["previous_text"] == "A lab bench."
+    assert settings["system_prompt"] == "You are a helpful assistant."
+    assert settings["max_new_tokens"] == 3 and settings["max_pixels"] == 6272
+    assert settings["cache"]["vision_window_seconds"] == 4
+    assert settings["cache"]["text_window_tokens"] == 64  # given: wins over the file's 32

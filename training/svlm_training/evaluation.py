@@ -42,6 +42,7 @@ from svlm_ros.engine.cache_policy import CachePolicyConfig
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.frame_sampler import FrameRejected
 from svlm_ros.engine.model_loading import load_model
+from svlm_ros.engine.model_settings import read_settings
 from svlm_ros.engine.prompt_format import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT
 from svlm_ros.engine.streaming_session import StreamConfig, StreamingSession
 from svlm_ros.image_conversion import ImageRejected
@@ -70,6 +71,7 @@ def stream_config(args) -> StreamConfig:
         max_new_tokens=args.max_new_tokens,
         system_prompt=args.system_prompt,
         instruction=args.instruction,
+        previous_text=args.previous_text,
         cache=CachePolicyConfig(
             text_sink_tokens=args.text_sink_tokens,
             text_window_tokens=args.text_window_tokens,
@@ -284,16 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling temperature; 0 is greedy, reproducible (default 0; the node "
                         "narrates with 0.9)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--fps", type=float, default=2.0, help="as the node (default 2)")
-    p.add_argument("--period", type=float, default=1.0, help="as the node (default 1)")
-    p.add_argument("--max-pixels", type=int, default=602112, help="as the node (default 602112)")
-    p.add_argument("--min-pixels", type=int, default=78400, help="as the node (default 78400)")
-    p.add_argument("--max-new-tokens", type=int, default=20, help="as the node (default 20)")
-    p.add_argument("--text-sink-tokens", type=int, default=512, help="as the node (default 512)")
-    p.add_argument("--text-window-tokens", type=int, default=512,
-                   help="as the node (default 512)")
-    p.add_argument("--vision-window-seconds", type=int, default=16,
-                   help="as the node (default 16)")
+    # The stream settings: as the node, each not given comes from the model's
+    # svlm_settings.json, else the node's default (BUILT_IN_SETTINGS).
+    p.add_argument("--fps", type=float, help="as the node (default 2)")
+    p.add_argument("--period", type=float, help="as the node (default 1)")
+    p.add_argument("--max-pixels", type=int, help="as the node (default 602112)")
+    p.add_argument("--min-pixels", type=int, help="as the node (default 78400)")
+    p.add_argument("--max-new-tokens", type=int, help="as the node (default 20)")
+    p.add_argument("--text-sink-tokens", type=int, help="as the node (default 512)")
+    p.add_argument("--text-window-tokens", type=int, help="as the node (default 512)")
+    p.add_argument("--vision-window-seconds", type=int, help="as the node (default 16)")
     p.add_argument("--no-attention-sink", action="store_true",
                    help="ablation: evict the sink (system prompt) with the first eviction")
     p.add_argument("--native-positions", action="store_true",
@@ -304,17 +306,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", default=None,
                    help="JSONL of {\"second\": N, \"question\": \"...\"}: asked through the "
                         "session right after second N is narrated; answers in answers.jsonl")
-    p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT, help="as the node")
-    p.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="as the node")
+    p.add_argument("--system-prompt", help="as the node (default: Qwen's)")
+    p.add_argument("--instruction",
+                   help=f"as the node (default {DEFAULT_INSTRUCTION!r}; '' for none)")
+    p.add_argument("--previous-text", help="as the node (default: none)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+#: The node's defaults of the stream settings a model's ``svlm_settings.json`` can set.
+BUILT_IN_SETTINGS = {
+    "fps": 2.0, "period": 1.0, "max_pixels": 602112, "min_pixels": 78400, "max_new_tokens": 20,
+    "text_sink_tokens": 512, "text_window_tokens": 512, "vision_window_seconds": 16,
+    "system_prompt": DEFAULT_SYSTEM_PROMPT, "instruction": DEFAULT_INSTRUCTION,
+    "previous_text": "",
+}
+
+
+def fill_model_settings(args: argparse.Namespace) -> list[str]:
+    """Give every stream setting not on the command line the model's value (its
+    ``svlm_settings.json``), else the node's default, as the node does; returns the names
+    taken from the model's file.
+
+    Raises:
+        ValueError: the model's settings file is broken (the message names it).
+    """
+    settings = read_settings(args.model)
+    taken = []
+    for name, default in BUILT_IN_SETTINGS.items():
+        if getattr(args, name) is not None:
+            continue
+        if settings is not None:
+            setattr(args, name, getattr(settings, name))
+            taken.append(name)
+        else:
+            setattr(args, name, default)
+    if not args.system_prompt:
+        args.system_prompt = DEFAULT_SYSTEM_PROMPT  # as the node: '' is Qwen's system turn
+    return taken
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``svlm-eval``."""
     args = build_parser().parse_args(argv)
     try:
+        fill_model_settings(args)
         scores = evaluate(args)
     except (BagError, FileExistsError, ValueError) as error:
         print(f"svlm-eval: error: {error}", file=sys.stderr)
