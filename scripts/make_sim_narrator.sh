@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce config/sim_narrator: the two stages of svlm-make-sim-narrator it was made with
-# (its svlm_recipe.json lists them). About 75 minutes on a 2-core CPU.
+# Reproduce config/sim_narrator: the four stages of svlm-make-sim-narrator it was made with
+# (its svlm_recipe.json lists them). About 100 minutes on a 2-core CPU: two long stages on
+# worlds 1-192 with frames on the world's seconds, then two short ones, each on 192 new worlds
+# whose frames start up to 0.1 s late (as a live camera's), at a third of the learning rate.
 #   bash scripts/make_sim_narrator.sh OUT [WORK]
 # OUT is written only at the end; WORK (default: a temporary folder) keeps the stages.
 set -euo pipefail
@@ -24,4 +26,12 @@ stage() { python -m svlm_training.sim_narrator "$@"; }
 # 1: from a fresh tiny model: event seconds from quiet ones, and colours.
 [ -d "$work/stage1" ] || stage "$work/stage1" --bags 96 --steps 10000 --seed 0
 # 2: twice the bags, continuing stage 1: shapes, kinds of event and directions.
-stage "$out" --bags 192 --steps 10000 --seed 2 --init-from "$work/stage1"
+[ -d "$work/stage2" ] || stage "$work/stage2" --bags 192 --steps 10000 --seed 2 \
+    --init-from "$work/stage1"
+# 3, 4: new worlds each, frames up to 0.1 s after the world's seconds, lower rate: a live
+# camera's first frame comes anywhere in a frame interval (the demo's: one frame late), and a
+# narrator that only saw frames exactly on the seconds lost two of 60 seconds to that.
+[ -d "$work/stage3" ] || stage "$work/stage3" --bags 192 --first-world 193 --phase-jitter 0.1 \
+    --steps 4000 --lr 1e-4 --seed 3 --init-from "$work/stage2"
+stage "$out" --bags 192 --first-world 385 --phase-jitter 0.1 --steps 4000 --lr 1e-4 --seed 4 \
+    --init-from "$work/stage3"
