@@ -18,6 +18,7 @@ from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -178,6 +179,11 @@ class CameraIntake:
             callback,
             self._qos(choice),
             callback_group=self._groups[camera.spec.name],
+            # No QoS event handlers: rclpy's default ones are waitables that its executor
+            # builds wait sets from without a guard, so destroying a subscription (the auto
+            # QoS re-check, cleanup) while another executor thread waits crashed the process
+            # with InvalidHandle (seen in CI). The transport monitor reports what they would.
+            event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False),
         )
 
     def _on_raw_image(self, camera: CameraStream, message: Image) -> None:
