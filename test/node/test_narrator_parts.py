@@ -346,7 +346,10 @@ def test_frames_the_sampler_does_not_need_are_not_decoded(running):
     stats = narrator.camera_stream.stats
     narrator.wait_for(lambda: stats.frames_received == frames, 10.0, "every frame to arrive")
     assert stats.frames_rejected == 0, stats.last_rejection
-    assert stats.frames_sampled == frames // 15
+    # Every valid frame was taken, unless it came after its second was closed on the clock
+    # (a loaded machine publishes late; CI once took 5 of 6): then it is counted late.
+    late = narrator.camera_stream.session.sampler.late_frames
+    assert stats.frames_sampled <= frames // 15 <= stats.frames_sampled + late, late
     narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
 
 
