@@ -125,7 +125,7 @@ def run_soak(
     import rclpy
     from ament_index_python.packages import get_package_prefix, get_package_share_directory
     from rclpy._rclpy_pybind11 import RCLError
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
@@ -164,7 +164,7 @@ def run_soak(
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("soak_camera", context=context)
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                           reliability=ReliabilityPolicy.RELIABLE)  # fmt: skip

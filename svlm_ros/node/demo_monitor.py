@@ -5,7 +5,9 @@ Run by ``scripts/demo.sh`` next to ``sim_camera`` and the ``narrator`` (same nam
     svlm-demo-monitor --seconds 60 --out demo_output [--question "..."] [--ask-at 30]
 
 It subscribes to ``camera/image_raw``, ``narration``, ``ground_truth`` and ``answer``, and
-  * prints one line per narrated second: the narration and what really happened;
+  * prints one line per narrated second: the narration and what really happened, with the
+    events only memory can narrate marked (``[memory: text]`` for a shape that is back,
+    ``[memory: vision]`` for one that is still);
   * after ``--ask-at`` seconds asks ``--question`` through the ``ask`` service and prints the
     answer;
   * records the four topics into ``OUT/run_<time>`` (mcap; Foxglove opens it) and writes
@@ -37,6 +39,9 @@ from svlm_ros.node.bag_recorder import BagRecorder
 from svlm_ros.node.stamps import stamp_to_seconds
 from svlm_ros.sim.captioned_video import CaptionedVideo
 from svlm_ros.sim.world import parse_event
+
+#: What a memory event needs remembered, by kind (see ``svlm_ros.sim.world``).
+MEMORY_NEEDS = {"returns": "text", "still": "vision"}
 from svlm_ros.srv import Ask
 
 DEFAULT_QUESTION = "What colour was the last shape that left?"
@@ -45,6 +50,12 @@ DEFAULT_QUESTION = "What colour was the last shape that left?"
 def printable(text: str) -> str:
     """One line of readable text: a narrator may say anything, newlines included."""
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def memory_need(truth: str | None) -> str | None:
+    """``text`` or ``vision`` when the true event can only be narrated from memory."""
+    event = parse_event(truth) if truth else None
+    return MEMORY_NEEDS.get(event[0]) if event else None
 
 
 def narration_matches(narration: str, truth: str) -> bool:
@@ -119,8 +130,10 @@ class DemoMonitor(Node):
         said = message.text if not message.silent else ""
         self.pairs.append((second, said, truth))
         mark = " " if truth is None else ("+" if narration_matches(said, truth) else "x")
+        need = memory_need(truth)
         print(f"[{second:4d} s] {mark} narrator: {printable(said) or '...':<42} | truth: "
-              f"{'?' if truth is None else (truth or '...')}", flush=True)
+              f"{'?' if truth is None else (truth or '...')}"
+              + (f"  [memory: {need}]" if need else ""), flush=True)
         for stamp, picture in self.frames:
             if end - 1.0 <= stamp < end:
                 self.video.add(picture, said, truth)
@@ -157,11 +170,13 @@ class DemoMonitor(Node):
         right = sum(narration_matches(said, truth) for said, truth in judged)
         events = [(said, truth) for said, truth in judged if truth]
         events_right = sum(narration_matches(said, truth) for said, truth in events)
+        memory = [(said, truth) for said, truth in events if memory_need(truth)]
+        memory_right = sum(narration_matches(said, truth) for said, truth in memory)
         quiet = len(judged) - len(events)
         return (f"{right} of {len(judged)} seconds right ({100 * right / len(judged):.0f} %): "
-                f"{events_right} of {len(events)} event seconds, "
-                f"{right - events_right} of {quiet} quiet seconds; always-silent would get "
-                f"{100 * quiet / len(judged):.0f} %")
+                f"{events_right} of {len(events)} event seconds ({memory_right} of "
+                f"{len(memory)} that need memory), {right - events_right} of {quiet} quiet "
+                f"seconds; always-silent would get {100 * quiet / len(judged):.0f} %")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

@@ -60,6 +60,7 @@ from svlm_ros.node.camera_intake import CameraIntake
 from svlm_ros.node.model_defaults import model_defaults
 from svlm_ros.node.narration_worker import NarrationWorker
 from svlm_ros.node.status_reporter import StatusReporter
+from svlm_ros.node.steady_executor import SteadyMultiThreadedExecutor
 from svlm_ros.node.streams import Streams
 
 NODE_NAME = "narrator"
@@ -352,7 +353,7 @@ def main(args: list[str] | None = None) -> int:
                 hint = " (write decimal parameters with a point, e.g. 2.0 rather than 2)"
             rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid parameters: {error}{hint}")
             return 1
-        executor = MultiThreadedExecutor(num_threads=node.executor_threads)
+        executor = SteadyMultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
         if node.autostart:
             # On an executor thread once spinning: while a large model loads (tens of

@@ -3,11 +3,15 @@
 The bag holds what a robot's recording would: a camera topic (``sensor_msgs/Image`` rgb8, or
 ``sensor_msgs/CompressedImage`` png/jpeg, stamped in the header) and the ground-truth text as
 ``std_msgs/String`` (no header: its time is the recorder's receive time, the middle of its
-second). Quiet seconds publish no text, as a commentator says nothing.
+second). Quiet seconds publish no text, as a commentator says nothing. With
+``question_share`` the bag also holds memory questions (``svlm_ros.sim.questions``) on
+``question_topic``: ``std_msgs/String`` JSON ``{"question": ..., "answer": ...}``, asked a
+quarter into the second after the one they follow, for ``svlm-bag2dataset --question-topic``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from svlm_ros.sim.questions import training_questions
 from svlm_ros.sim.world import World
 
 STORAGES = ("sqlite3", "mcap")
@@ -36,8 +41,11 @@ class BagSettings:
             synchronised with the world: a narrator's seconds start at the first frame it
             gets, so its frames sit anywhere within a frame interval of the world's seconds.
             Bags with a phase teach a model that; the ground truth stays per world second.
-        image_topic, text_topic: Topic names.
+        image_topic, text_topic, question_topic: Topic names.
         frame_id: Header frame of the images.
+        question_share: About this share of seconds get a memory question (0: none, no
+            question topic); see ``svlm_ros.sim.questions.training_questions``.
+        question_min_age: A question is about a leaving at least this many seconds old.
     """
 
     seconds: int = 60
@@ -49,6 +57,9 @@ class BagSettings:
     image_topic: str = "/camera/image_raw"
     text_topic: str = "/svlm/ground_truth"
     frame_id: str = "sim_camera"
+    question_topic: str = "/svlm/question"
+    question_share: float = 0.0
+    question_min_age: int = 10
 
     def __post_init__(self):
         if self.seconds < 1:
@@ -60,6 +71,8 @@ class BagSettings:
                              f"got {self.phase}")
         if self.storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
+        if not 0.0 <= self.question_share <= 1.0:
+            raise ValueError(f"question_share must be in [0, 1], got {self.question_share}")
         if self.image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got "
                              f"{self.image_format!r}")
@@ -124,19 +137,39 @@ def write_world_bag(
             images = writer.add_connection(settings.image_topic, image_type, typestore=typestore)
             texts = writer.add_connection(settings.text_topic, "std_msgs/msg/String",
                                           typestore=typestore)
+            questions = {}
+            if settings.question_share:
+                asking = writer.add_connection(settings.question_topic, "std_msgs/msg/String",
+                                               typestore=typestore)
+                questions = {q.second + 1: q for q in training_questions(
+                    world, settings.seconds, share=settings.question_share,
+                    min_age=settings.question_min_age)}
             frames_per_second = settings.camera_hz
             frame = 0
+
+            def write_untimed(untimed: list, before: float) -> None:
+                while untimed and untimed[0][0] <= before:
+                    time_, connection, data = untimed.pop(0)
+                    writer.write(connection, _nanoseconds(time_), typestore.serialize_cdr(
+                        String(data=data), "std_msgs/msg/String"))
             for second in range(settings.seconds):
+                # This second's messages without a stamp of their own, in time order: a
+                # question (asked after the second before was narrated, so it belongs to this
+                # one) a quarter in, the ground truth half-way; written among the frames in
+                # time order, as a recorder writes them.
+                untimed = []
+                if second in questions:
+                    asked = questions[second]
+                    untimed.append((settings.start_stamp + second + 0.25, asking, json.dumps(
+                        {"question": asked.question, "answer": asked.answer})))
                 sentence = world.sentence_at(second)
-                text_time = settings.start_stamp + second + 0.5
-                text_written = not sentence
+                if sentence:
+                    untimed.append((settings.start_stamp + second + 0.5, texts, sentence))
+
                 while settings.phase + frame / frames_per_second < second + 1:
                     t = settings.phase + frame / frames_per_second
                     stamp = settings.start_stamp + t
-                    if not text_written and stamp >= text_time:
-                        writer.write(texts, _nanoseconds(text_time), typestore.serialize_cdr(
-                            String(data=sentence), "std_msgs/msg/String"))
-                        text_written = True
+                    write_untimed(untimed, stamp)
                     picture = world.render(t)
                     header = Header(stamp=_time(typestore, stamp), frame_id=settings.frame_id)
                     if raw:
@@ -155,9 +188,7 @@ def write_world_bag(
                     writer.write(images, _nanoseconds(stamp + 0.005),
                                  typestore.serialize_cdr(message, image_type))
                     frame += 1
-                if not text_written:
-                    writer.write(texts, _nanoseconds(text_time), typestore.serialize_cdr(
-                        String(data=sentence), "std_msgs/msg/String"))
+                write_untimed(untimed, float("inf"))
                 if progress is not None:
                     progress(second)
         partial.rename(path)

@@ -13,8 +13,9 @@ Two reference points come with every score: *always silent* (the share of quiet 
 a narrator that never speaks gets) and *chance* (a narrator that is silent as often as the world
 is quiet and otherwise names a random event).
 
-Memory questions ask about something that left the vision window minutes ago and now lives only
-in the ``previous text``: "What colour was the last shape that left?".
+Events that need memory (a shape that is back, one that is still after six seconds at rest:
+``Event.needs_memory``) are also counted on their own (``memory_seconds``, ``memory_right``).
+Questions about the past and their scoring are in ``svlm_ros.sim.questions``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from svlm_ros.sim.world import COLOURS, DIRECTIONS, SHAPES, World, parse_event
-
-#: Kinds of event the world produces (``turns`` is a move in a new direction).
-EVENT_KINDS = ("enters", "moves", "turns", "leaves")
+from svlm_ros.sim.world import COLOURS, DIRECTIONS, KINDS, SHAPES, World, parse_event
 
 
 def second_is_right(world: World, second: int, text: str) -> bool:
@@ -50,6 +48,8 @@ class SliceScore:
     quiet_right: int
     events_spoken: int = 0
     colour_right: int = 0
+    memory_seconds: int = 0
+    memory_right: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -84,7 +84,11 @@ def score_narration(world: World, narration: Iterable[tuple[int, str]],
             score.event_seconds += 1
             score.events_right += right
             score.events_spoken += bool(text.strip())
-            score.colour_right += named_colour(text) == world.event_at(int(second)).colour
+            event = world.event_at(int(second))
+            score.colour_right += named_colour(text) == event.colour
+            if event.needs_memory:
+                score.memory_seconds += 1
+                score.memory_right += right
     return [slices[index] for index in sorted(slices)]
 
 
@@ -98,7 +102,7 @@ def named_colour(text: str) -> str | None:
 def total(scores: list[SliceScore]) -> SliceScore:
     """All slices together."""
     fields = ("seconds", "right", "event_seconds", "events_right", "quiet_seconds",
-              "quiet_right", "events_spoken", "colour_right")
+              "quiet_right", "events_spoken", "colour_right", "memory_seconds", "memory_right")
     sums = {name: sum(getattr(s, name) for s in scores) for name in fields}
     return SliceScore(scores[0].start if scores else 0, scores[-1].end if scores else 0, **sums)
 
@@ -106,39 +110,7 @@ def total(scores: list[SliceScore]) -> SliceScore:
 def chance_accuracy(quiet_share: float) -> float:
     """Accuracy of a guesser that is silent with the world's quiet share, otherwise names one of
     the world's possible events uniformly at random."""
-    possible_events = len(EVENT_KINDS) * len(COLOURS) * len(SHAPES) * len(DIRECTIONS)
+    # Every kind but ``still`` names one of four directions.
+    per_shape = (len(KINDS) - 1) * len(DIRECTIONS) + 1
+    possible_events = per_shape * len(COLOURS) * len(SHAPES)
     return quiet_share**2 + (1 - quiet_share) ** 2 / possible_events
-
-
-@dataclass(frozen=True)
-class MemoryQuestion:
-    """A question whose answer left the vision window ``age`` seconds before it is asked."""
-
-    second: int  # asked after this stream second was narrated
-    question: str
-    answer: str  # the word the answer must contain
-    age: int
-
-
-def last_left_questions(world: World, seconds: int, *, min_age: int = 60
-                        ) -> list[MemoryQuestion]:
-    """"What colour was the last shape that left?", asked at the end of every pause of the
-    first ``seconds`` seconds where the last shape left at least ``min_age`` seconds before
-    (long out of the vision window: the answer is only in the previous text)."""
-    questions = []
-    leaves = [e for e in world.events(seconds) if e.kind == "leaves"]
-    for asked in range(seconds):
-        if not world.in_pause(asked) or world.in_pause(asked + 1):
-            continue  # only at the last second of a pause
-        before = [e for e in leaves if e.second <= asked]
-        if before and asked - before[-1].second >= min_age:
-            questions.append(MemoryQuestion(asked, "What colour was the last shape that left?",
-                                            before[-1].colour, asked - before[-1].second))
-    return questions
-
-
-def answer_is_right(question: MemoryQuestion, answer: str) -> bool:
-    """The answer names the right colour and no other."""
-    named = {colour for colour in COLOURS if colour in answer.lower().split()
-             or f"{colour}." in answer.lower() or f"{colour}," in answer.lower()}
-    return named == {question.answer}

@@ -1,20 +1,30 @@
 """A procedural camera world with per-second ground truth: the project's stand-in for real data.
 
 Coloured shapes enter the view, move, turn and leave over a background; some seconds are
-quiet. Everything is a pure function of the seed: the event timeline is drawn once, second by
-second, and ``render(t)`` draws the scene at any time ``t`` (any camera rate, any order), so a
-30 Hz camera, a 2 Hz bag and a replay all see the same world.
+quiet. Two kinds of event can only be narrated from memory: a shape that *comes back* (it left
+``return_after`` to ``return_seconds`` seconds before: the narration's previous text holds the
+leaving, long after its frames left the vision window) and a shape that *is still*, said once
+when it has not moved for ``still_seconds`` (the vision window must reach back to its last
+move; the text cannot tell, as silent seconds leave no words). Everything is a pure function of
+the seed: the event timeline is drawn once, second by second, and ``render(t)`` draws the scene
+at any time ``t`` (any camera rate, any order), so a 30 Hz camera, a 2 Hz bag and a replay all
+see the same world.
 
 Rules that keep the ground truth unambiguous:
   * at most one event per second, and it happens within that second: an object enters (from
-    a side, fully in view by the end of the second), leaves (fully out by the end), or moves
-    one step in a direction (``turns`` when the direction differs from its previous move);
+    a side, fully in view by the end of the second; it comes back when a shape of the same
+    colour and shape left ``return_after`` to ``return_seconds`` seconds before: it ``is back``),
+    leaves (fully
+    out by the end), or moves one step in a direction (``turns`` when the direction differs
+    from its previous move); a shape resting for ``still_seconds`` by the end of a second is
+    that second's event (``is still``), once per rest, outside pauses;
   * between events objects stand still, so a quiet second shows nothing new;
   * the shapes in view never share both colour and shape, so "the red square" names one.
 
 The ground-truth sentence of an event second reads e.g. ``a red square enters from the left``,
 ``the blue circle moves up``, ``the green triangle turns and moves left``, ``the yellow square
-leaves to the right``; a quiet second has none. ``parse_event`` reads those words back (for
+leaves to the right``, ``the red circle is back from the top``, ``the blue square is still``;
+a quiet second has none. ``parse_event`` reads those words back (for
 scoring narration).
 """
 
@@ -35,6 +45,9 @@ COLOURS = {  # name -> RGB
     "yellow": (235, 200, 30),
 }
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+#: Kinds of event; the last two need memory (``MEMORY_KINDS``).
+KINDS = ("enters", "moves", "turns", "leaves", "returns", "still")
+MEMORY_KINDS = ("returns", "still")
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 BACKGROUNDS = ("plain", "gradient", "stripes", "checker")
 
@@ -53,6 +66,14 @@ class WorldConfig:
             are a pause: nothing happens. What happened before a pause has left the vision
             window by its end and lives only in the narration's previous text (memory
             questions are asked there). ``pause_seconds`` 0 turns pauses off.
+        return_after, return_seconds: An entering shape ``is back`` when the same colour
+            and shape left ``return_after`` to ``return_seconds`` seconds before (``return_after``
+            is past the narrator's 8 s vision window, so only the text remembers the leaving;
+            ``return_seconds`` 0: never).
+        return_share: Probability that an entry brings back a shape that left in that span,
+            when one did (otherwise any free colour and shape enters).
+        still_seconds: A shape resting this many seconds by the end of a second is that
+            second's event, ``is still`` (0: never).
     """
 
     seed: int = 0
@@ -63,6 +84,10 @@ class WorldConfig:
     step_fraction: float = 0.22
     pause_every: int = 300
     pause_seconds: int = 75
+    return_after: int = 10
+    return_seconds: int = 40
+    return_share: float = 0.5
+    still_seconds: int = 6
 
     def __post_init__(self):
         if self.width < 32 or self.height < 32:
@@ -74,18 +99,26 @@ class WorldConfig:
         if self.pause_seconds < 0 or (self.pause_seconds and
                                       self.pause_every <= self.pause_seconds):
             raise ValueError("need 0 <= pause_seconds < pause_every")
+        if self.return_seconds < 0 or not 0.0 <= self.return_share <= 1.0:
+            raise ValueError("need return_seconds >= 0 and return_share in [0, 1]")
+        if self.return_seconds and not 1 <= self.return_after <= self.return_seconds:
+            raise ValueError("need 1 <= return_after <= return_seconds")
+        if self.still_seconds < 0:
+            raise ValueError(f"still_seconds must be >= 0, got {self.still_seconds}")
 
 
 @dataclass(frozen=True)
 class Event:
-    """What happens in one second. ``kind`` is ``enters``, ``moves``, ``turns`` or ``leaves``;
-    ``direction`` is the side entered from / left to, or the direction moved."""
+    """What happens in one second. ``kind`` is one of ``KINDS``; ``direction`` is the side
+    entered from / left to, or the direction moved ('' for ``still``); ``number`` the
+    seconds a ``still`` shape has rested."""
 
     second: int
     kind: str
     colour: str
     shape: str
     direction: str
+    number: int = 0
 
     @property
     def sentence(self) -> str:
@@ -96,7 +129,16 @@ class Event:
             return f"the {name} leaves to the {self.direction}"
         if self.kind == "turns":
             return f"the {name} turns and moves {self.direction}"
+        if self.kind == "returns":
+            return f"the {name} is back from the {self.direction}"
+        if self.kind == "still":
+            return f"the {name} is still"
         return f"the {name} moves {self.direction}"
+
+    @property
+    def needs_memory(self) -> bool:
+        """Whether narrating it takes more than the second's own frames."""
+        return self.kind in MEMORY_KINDS
 
     @property
     def words(self) -> tuple[str, str, str, str]:
@@ -108,8 +150,10 @@ class Event:
 
 _EVENT_PATTERN = re.compile(
     r"\b(?P<colour>" + "|".join(COLOURS) + r")\s+(?P<shape>" + "|".join(SHAPES) + r")\s+"
-    r"(?:(?P<enters>enters\s+from)|(?P<leaves>leaves\s+to)|(?P<turns>turns\s+and\s+moves)"
-    r"|(?P<moves>moves))\s+(?:the\s+)?(?P<direction>left|right|up|down|top|bottom)\b"
+    r"(?:(?:(?P<enters>enters\s+from)|(?P<leaves>leaves\s+to)|(?P<turns>turns\s+and\s+moves)"
+    r"|(?P<returns>is\s+back\s+from)|(?P<moves>moves))"
+    r"\s+(?:the\s+)?(?P<direction>left|right|up|down|top|bottom)\b"
+    r"|(?P<still>is\s+still)\b)"
 )
 
 
@@ -119,8 +163,9 @@ def parse_event(text: str) -> tuple[str, str, str, str] | None:
     match = _EVENT_PATTERN.search(text.lower())
     if match is None:
         return None
-    kind = next(k for k in ("enters", "leaves", "turns", "moves") if match.group(k))
-    direction = {"top": "up", "bottom": "down"}.get(match["direction"], match["direction"])
+    kind = next(k for k in KINDS if match.group(k))
+    direction = match["direction"] or ""
+    direction = {"top": "up", "bottom": "down"}.get(direction, direction)
     return kind, match["colour"], match["shape"], direction
 
 
@@ -135,6 +180,8 @@ class _Track:
     keys: list[tuple[int, float, float]] = field(default_factory=list)
     last_direction: str | None = None
     gone: bool = False
+    # The first second it rests in (after its latest motion), or when it left (gone).
+    rest_from: int = 0
 
     def position(self, t: float) -> tuple[float, float] | None:
         if not self.keys or t < self.keys[0][0]:
@@ -207,21 +254,45 @@ class World:
             choices.append("enter")
         if visible:
             choices += ["move", "move", "leave"]
-        if quiet or not choices:
+        action = choices[int(rng.integers(len(choices)))] if choices else None
+        pick = float(rng.random())  # which shape, drawn whatever happens (same reason)
+        if cfg.still_seconds and not self.in_pause(second):
+            # A rest reaching still_seconds by this second's end is the second's event.
+            due = [t for t in visible if t.rest_from + cfg.still_seconds - 1 == second]
+            if due:
+                track = due[int(pick * len(due))]
+                self._events[second] = Event(second, "still", track.colour, track.shape, "",
+                                             cfg.still_seconds)
+                return
+        if quiet or action is None:
             return
-        action = choices[int(rng.integers(len(choices)))]
         if action == "enter":
             self._enter(second, visible)
         elif action == "move":
-            self._move(second, visible[int(rng.integers(len(visible)))])
+            self._move(second, visible[int(pick * len(visible))])
         else:
-            self._leave(second, visible[int(rng.integers(len(visible)))])
+            self._leave(second, visible[int(pick * len(visible))])
+
+    def _recently_left(self, second: int) -> dict[tuple[str, str], _Track]:
+        """Colour and shape -> a shape that left ``return_after`` to ``return_seconds`` seconds
+        before ``second`` (and has not come back since)."""
+        cfg = self.config
+        if not cfg.return_seconds:
+            return {}
+        visible = {(t.colour, t.shape) for t in self._visible()}
+        # rest_from of a gone shape is the second after its leaving.
+        return {(t.colour, t.shape): t for t in self._tracks
+                if t.gone and (t.colour, t.shape) not in visible
+                and cfg.return_after <= second - t.rest_from + 1 <= cfg.return_seconds}
 
     def _enter(self, second: int, visible: list[_Track]) -> None:
         cfg, rng, size = self.config, self._rng, self.size
         taken = {(t.colour, t.shape) for t in visible}
         free = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in taken]
-        colour, shape = free[int(rng.integers(len(free)))]
+        recent = [key for key in self._recently_left(second) if key not in taken]
+        bring_back = rng.random() < cfg.return_share
+        pool = recent if recent and bring_back else free
+        colour, shape = pool[int(rng.integers(len(pool)))]
         side = ("left", "right", "top", "bottom")[int(rng.integers(4))]
         # Rest points keep a margin so that later steps and exits have room.
         rest_x = float(rng.uniform(2 * size, cfg.width - 2 * size))
@@ -232,9 +303,12 @@ class World:
             "top": (rest_x, -size - 1.0),
             "bottom": (rest_x, cfg.height + size + 1.0),
         }[side]
-        track = _Track(colour, shape, keys=[(second, *start), (second + 1, rest_x, rest_y)])
+        track = _Track(colour, shape, keys=[(second, *start), (second + 1, rest_x, rest_y)],
+                       rest_from=second + 1)
+        # Whether it comes back follows from the history alone, not from how it was picked.
+        kind = "returns" if (colour, shape) in self._recently_left(second) else "enters"
         self._tracks.append(track)
-        self._events[second] = Event(second, "enters", colour, shape, side)
+        self._events[second] = Event(second, kind, colour, shape, side)
 
     def _move(self, second: int, track: _Track) -> None:
         cfg, rng, size = self.config, self._rng, self.size
@@ -253,6 +327,7 @@ class World:
         track.keys.append((second + 1, x + dx * step, y + dy * step))
         turned = track.last_direction is not None and track.last_direction != direction
         track.last_direction = direction
+        track.rest_from = second + 1
         kind = "turns" if turned else "moves"
         self._events[second] = Event(second, kind, track.colour, track.shape, direction)
 
@@ -269,6 +344,7 @@ class World:
         track.keys.append((second, x, y))
         track.keys.append((second + 1, *end))
         track.gone = True
+        track.rest_from = second + 1  # out of view from the next second on
         self._events[second] = Event(second, "leaves", track.colour, track.shape, side)
 
     # ----- pictures -------------------------------------------------------------------------

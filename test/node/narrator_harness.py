@@ -24,7 +24,6 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.client import Client
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -34,6 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from svlm_ros.msg import Answer, Narration, NarratorStatus
+from svlm_ros.node.steady_executor import SteadyMultiThreadedExecutor
 from svlm_ros.srv import Ask
 
 try:
@@ -210,7 +210,7 @@ class NarratorHarness:
         self.context = Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(node_name, context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SteadyMultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
         self.changed = threading.Condition()
         self.received = Received()

@@ -78,3 +78,22 @@ def test_demo_refuses_bad_arguments(tmp_path):
     assert status == 2 and "--seconds needs a number" in output
     status, output = run_demo(["--frobnicate"], tmp_path, timeout=30)
     assert status == 2 and "unknown argument" in output
+
+
+def test_the_monitor_marks_and_counts_the_events_that_need_memory():
+    from svlm_ros.node.demo_monitor import DemoMonitor, memory_need, narration_matches
+
+    assert memory_need("the red circle is back from the left") == "text"
+    assert memory_need("the blue square is still") == "vision"
+    assert memory_need("a red circle enters from the left") is None
+    assert memory_need("") is None and memory_need(None) is None
+    assert not narration_matches("a red circle enters from the left",
+                                 "the red circle is back from the left")
+    monitor = DemoMonitor.__new__(DemoMonitor)  # summary() reads only the pairs
+    monitor.pairs = [(0, "", ""), (1, "the red circle is back from the left",
+                                   "the red circle is back from the left"),
+                     (2, "", "the blue square is still"), (3, "a red square enters from the top",
+                                                           "a red square enters from the top")]
+    assert monitor.summary() == ("3 of 4 seconds right (75 %): 2 of 3 event seconds (1 of 2 "
+                                 "that need memory), 1 of 1 quiet seconds; always-silent would "
+                                 "get 25 %")

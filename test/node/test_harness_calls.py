@@ -16,7 +16,8 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from narrator_harness import NarratorHarness
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+
+from svlm_ros.node.steady_executor import SteadyMultiThreadedExecutor
 
 NAMESPACE = "/harness_calls_test"
 
@@ -38,7 +39,7 @@ class WithholdingLifecycleServer:
                                  callback_group=group)  # fmt: skip
         self.node.create_service(ChangeState, "narrator/change_state", self._change_state,
                                  callback_group=group)  # fmt: skip
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SteadyMultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
         self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
         self.spinner.start()

@@ -22,7 +22,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.srv import GetState
 from narrator_harness import raw_image
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
@@ -36,6 +35,7 @@ from svlm_ros.msg import Narration, NarratorStatus
 from svlm_ros.node import narration_worker
 from svlm_ros.node.narrator import NarratorNode
 from svlm_ros.node.parameters import automatic_torch_threads
+from svlm_ros.node.steady_executor import SteadyMultiThreadedExecutor
 from svlm_ros.srv import Ask
 
 _numbers = itertools.count()
@@ -69,14 +69,15 @@ class Running:
             namespace=self.namespace,
             parameter_overrides=[Parameter(name, value=value) for name, value in values.items()],
         )
-        self.executor = MultiThreadedExecutor(
+        self.executor = SteadyMultiThreadedExecutor(
             num_threads=self.node.executor_threads, context=self.context
         )
         self.executor.add_node(self.node)
         self.client_context = Context()
         rclpy.init(context=self.client_context)
         self.client = rclpy.create_node(f"parts_client_{number}", context=self.client_context)
-        self.client_executor = MultiThreadedExecutor(num_threads=2, context=self.client_context)
+        self.client_executor = SteadyMultiThreadedExecutor(num_threads=2,
+                                                           context=self.client_context)
         self.client_executor.add_node(self.client)
         self.narrations: list[Narration] = []
         self.changed = threading.Condition()

@@ -25,7 +25,6 @@ import pytest
 import rclpy
 from narrator_harness import NarratorHarness, raw_image
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from ros_helpers import NodeProcess, installed_executable, installed_share
@@ -33,6 +32,7 @@ from sensor_msgs.msg import Image
 
 from svlm_ros.node.camera_intake import QOS_RECHECK_SECONDS, CameraIntake
 from svlm_ros.node.parameters import defaults
+from svlm_ros.node.steady_executor import SteadyMultiThreadedExecutor
 from svlm_ros.node.streams import Streams
 
 CAMERAS = ("reliable", "late", "best")
@@ -114,7 +114,7 @@ class Intake:
         logger = SimpleNamespace(info=print, error=print, warning=print)
         self.streams = Streams(self.values, logger)
         self.intake = CameraIntake(self.node, self.streams, self.values, lambda: None)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SteadyMultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from svlm_ros.sim.scoring import (
+from svlm_ros.sim.questions import (
     answer_is_right,
-    chance_accuracy,
-    last_left_questions,
-    score_narration,
-    second_is_right,
-    total,
+    pause_end_questions,
+    questions_at,
+    training_questions,
 )
+from svlm_ros.sim.scoring import chance_accuracy, score_narration, second_is_right, total
 from svlm_ros.sim.world import World, WorldConfig
 
 
@@ -50,16 +49,52 @@ def test_event_words_must_all_match_but_wording_around_them_may_differ(world):
 
 
 def test_memory_questions_point_minutes_back_and_answers_are_checked(world):
-    questions = last_left_questions(world, 7200, min_age=60)
-    assert len(questions) >= 10  # a pause every 5 minutes
+    questions = pause_end_questions(world, 7200, min_age=60)
+    assert len(questions) >= 20  # two at the end of most pauses (every 5 minutes)
     for question in questions:
         leaves = [e for e in world.events(question.second + 1) if e.kind == "leaves"]
-        assert leaves[-1].colour == question.answer
+        wanted = leaves[-1].colour if "colour" in question.question else leaves[-1].shape
+        assert wanted == question.answer
         assert question.second - leaves[-1].second == question.age >= 60
         assert answer_is_right(question, f"It was {question.answer}.")
         assert not answer_is_right(question, "I do not know")
-        other = "red" if question.answer != "red" else "blue"
+        other = "circle" if question.answer != "circle" else "square"
+        if "colour" in question.question:
+            other = "red" if question.answer != "red" else "blue"
         assert not answer_is_right(question, f"{question.answer} or {other}")
+
+
+def test_side_questions_name_the_latest_shape_to_leave_that_way(world):
+    asked = questions_at(world, 1000, min_age=0)
+    sides = [q for q in asked if "left to the" in q.question]
+    assert len(sides) == 4
+    for question in sides:
+        side = question.question.removesuffix("?").split()[-1]
+        latest = [e for e in world.events(1001) if e.kind == "leaves" and e.direction == side][-1]
+        assert (question.answer, question.age) == (latest.colour, 1000 - latest.second)
+    assert all(q.age >= 30 for q in questions_at(world, 1000, min_age=30))
+
+
+def test_training_questions_are_about_the_past_and_repeatable():
+    world = World(WorldConfig(seed=4))
+    questions = training_questions(world, 600, share=0.05, min_age=10)
+    assert 10 <= len(questions) <= 60
+    assert all(q.age >= 10 for q in questions)
+    assert questions == training_questions(World(WorldConfig(seed=4)), 600, share=0.05,
+                                           min_age=10)
+    assert questions != training_questions(World(WorldConfig(seed=4)), 600, seed=1)
+
+
+def test_memory_events_are_scored_on_their_own(world):
+    truth = [(s, world.sentence_at(s)) for s in range(900)]
+    perfect = total(score_narration(world, truth))
+    memory = [e for e in world.events(900) if e.needs_memory]
+    assert perfect.memory_seconds == perfect.memory_right == len(memory) > 0
+    # Narrating a shape that comes back as one that enters gets those seconds wrong.
+    forgetful = [(s, t.replace("is back", "enters")) for s, t in truth]
+    score = total(score_narration(world, forgetful))
+    returns = sum(e.kind == "returns" for e in memory)
+    assert score.memory_right == len(memory) - returns and returns > 0
 
 
 def test_partial_credit_for_speaking_and_for_the_colour(world):

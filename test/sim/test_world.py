@@ -24,7 +24,7 @@ def test_world_has_every_kind_of_event_and_quiet_seconds():
     world = World(WorldConfig(seed=0))
     events = world.events(1200)
     kinds = {e.kind for e in events}
-    assert kinds == {"enters", "moves", "turns", "leaves"}
+    assert kinds == {"enters", "moves", "turns", "leaves", "returns", "still"}
     assert {e.colour for e in events} == set(COLOURS)
     assert {e.shape for e in events} == set(SHAPES)
     quiet = 1200 - len(events)
@@ -46,6 +46,40 @@ def test_ground_truth_reads_back_and_names_what_is_seen():
             assert after < before, event.sentence
     assert parse_event("A Red Circle enters from the TOP.") == ("enters", "red", "circle", "up")
     assert parse_event("nothing new ...") is None
+    still = parse_event("The blue square is still there")
+    assert still == ("still", "blue", "square", "")
+    assert parse_event("the red circle is back from the left") == ("returns", "red", "circle",
+                                                                     "left")
+
+
+def test_memory_events_follow_from_the_past_the_way_their_sentences_say():
+    config = WorldConfig(seed=11)
+    world = World(config)
+    events = world.events(1500)
+    returns = [e for e in events if e.kind == "returns"]
+    still = [e for e in events if e.kind == "still"]
+    assert len(returns) >= 20 and len(still) >= 20
+    for event in returns:
+        # The same colour and shape left between return_after and return_seconds before.
+        ages = [event.second - e.second for e in events if e.kind == "leaves"
+                and (e.colour, e.shape) == (event.colour, event.shape) and e.second < event.second]
+        assert any(config.return_after <= age <= config.return_seconds for age in ages), event
+        assert event.needs_memory and "is back from the" in event.sentence
+    for entry in (e for e in events if e.kind == "enters"):
+        ages = [entry.second - e.second for e in events if e.kind == "leaves"
+                and (e.colour, e.shape) == (entry.colour, entry.shape) and e.second < entry.second]
+        assert not any(config.return_after <= age <= config.return_seconds for age in ages)
+    for event in still:
+        assert event.sentence.endswith("is still") and event.needs_memory
+        assert not world.in_pause(event.second)
+        # Its last event moved it exactly still_seconds before this second's end, and nothing
+        # happened to it since.
+        own = [e for e in events if (e.colour, e.shape) == (event.colour, event.shape)
+               and e.second < event.second]
+        assert own[-1].kind in ("enters", "returns", "moves", "turns"), own[-1]
+        assert event.second - own[-1].second == config.still_seconds
+    off = World(WorldConfig(seed=11, return_seconds=0, still_seconds=0)).events(1500)
+    assert not {e.kind for e in off} & {"returns", "still"}
 
 
 def test_quiet_seconds_show_nothing_moving():
@@ -61,6 +95,10 @@ def test_bad_world_settings_are_refused():
         WorldConfig(width=10)
     with pytest.raises(ValueError, match="quiet_share"):
         WorldConfig(quiet_share=1.0)
+    with pytest.raises(ValueError, match="return_after"):
+        WorldConfig(return_after=50, return_seconds=40)
+    with pytest.raises(ValueError, match="still_seconds"):
+        WorldConfig(still_seconds=-1)
     with pytest.raises(ValueError, match="time"):
         World().render(-1.0)
 

@@ -37,13 +37,15 @@ def test_a_toy_narrator_is_made_and_a_second_stage_continues_it(tmp_path, capsys
                               "--work", str(work)]) == 0
     staged = json.loads((second / "svlm_recipe.json").read_text())
     assert staged["command"].endswith(
-        "--seed 1 --first-world 3 --phase-jitter 0.2 --init-from EARLIER")
+        "--seed 1 --first-world 3 --phase-jitter 0.2 --question-share 0.05 --init-from EARLIER")
+    assert staged["question_share"] == 0.05
     assert staged["world_seeds"] == [3, 4] and staged["phase_jitter"] == 0.2
     # New worlds, each starting at its own phase below the jitter.
     phases = [sim_narrator.world_phase(seed, 0.2) for seed in (3, 4)]
     assert all(0 < phase < 0.2 for phase in phases) and phases[0] != phases[1]
     assert sorted(p.name for p in (work / "bags").iterdir()) == [
-        f"world_{seed:03d}_phase{phase:.4f}" for seed, phase in zip((3, 4), phases, strict=True)]
+        f"world_{seed:03d}_phase{phase:.4f}_questions0.05"
+        for seed, phase in zip((3, 4), phases, strict=True)]
     assert [stage["command"] for stage in staged["earlier_stages"]] == [recipe["command"]]
     assert "initial model: " in capsys.readouterr().out
 

@@ -12,7 +12,9 @@ topic of the bag (``--text-topic``), or from one label file per bag or video (``
 WebVTT, SRT or JSONL, see ``label_files``; their times count from the first frame unless they
 are absolute stamps, see ``label_timing``; ``--labels-offset`` shifts them), or, for public
 clips, from the reference's training JSONL (``--public-jsonl``, see ``public_data``). One run
-can mix all of these into one dataset, so one ``svlm-train`` trains on all of them.
+can mix all of these into one dataset, so one ``svlm-train`` trains on all of them. Questions
+asked while recording, with their answers, come from ``--question-topic`` (see
+``question_events``): training then teaches the narrator to answer them from its memory.
 
 Frames are sampled and resized as the engine does (``--fps``, ``--max-pixels``,
 ``--min-pixels``); text is aligned to stream seconds (see ``alignment``); the result is written
@@ -56,6 +58,7 @@ from svlm_training.episode_writing import FrameOffer, resize_frame, write_episod
 from svlm_training.label_files import LabelFileError, read_cues
 from svlm_training.label_timing import cue_events
 from svlm_training.public_data import read_public_jsonl
+from svlm_training.question_events import QuestionTimeline, read_question_events
 from svlm_training.video_reading import VideoError, is_video
 from svlm_training.video_sources import convert_public_clip, convert_video
 
@@ -176,10 +179,17 @@ def convert_bag(bag_path: Path, episode: int, writer: DatasetWriter, args, types
             events, described = _label_events(labels, labels_offset)
         aligner = SecondAligner(events, fps=args.fps, period=args.period,
                                 relative_texts=described.get("labels_clock") == "stream")
+        questions = None
+        if getattr(args, "question_topic", None):
+            if stamps != "receive":
+                raise BagError(f"{bag.path}: --question-topic needs receive stamps (the "
+                               "questions have no header); add --stamps receive")
+            questions = QuestionTimeline(read_question_events(bag, args.question_topic))
         try:
             counts = write_episode(_frame_offers(bag, args.image_topic, image_type, stamps),
                                    aligner, writer, episode, args,
-                                   total=bag.message_count(args.image_topic), desc=bag_path.name)
+                                   total=bag.message_count(args.image_topic), desc=bag_path.name,
+                                   questions=questions)
         except StampsOutOfOrder as error:
             hint = " (header stamps: try --stamps receive)" if stamps == "header" else ""
             raise BagError(f"{bag.path}: stamps out of order on {args.image_topic!r}: "
@@ -201,6 +211,8 @@ def convert_bag(bag_path: Path, episode: int, writer: DatasetWriter, args, types
             "text_topic": args.text_topic if labels is None else None,
             "text_type": text_type,
             **described,
+            **({"question_topic": args.question_topic, "questions": len(questions),
+                "questions_placed": questions.placed} if questions is not None else {}),
             "stamps": stamps,
             "seconds": counts.seconds,
             "silent_seconds": counts.silent,
@@ -315,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-topic", default=None,
                         help="std_msgs/String or svlm_ros/msg/Narration topic with the words "
                              "(or give --labels)")
+    parser.add_argument("--question-topic", default=None,
+                        help="std_msgs/String topic of questions asked while recording, each "
+                             'a JSON {"question": ..., "answer": ...}: a second gets the '
+                             "question asked in it, and training teaches the answer (bags "
+                             "with receive stamps; optional)")
     parser.add_argument("--labels", action="append", metavar="FILE",
                         help="WebVTT, SRT or JSONL (start/end/text) label file instead of a text "
                              "topic; one per bag or video, in their order (repeat the flag). "
@@ -368,6 +385,8 @@ def source_problem(args) -> str | None:
     if args.labels and len(args.labels) != len(args.sources):
         return (f"--labels: one label file per bag or video, in their order: got "
                 f"{len(args.labels)} for {len(args.sources)}")
+    if getattr(args, "question_topic", None) and (args.labels or videos):
+        return "--question-topic reads questions from bags with a text topic, not label files"
     if args.labels_offset and not args.labels:
         return "--labels-offset needs --labels"
     if args.labels_offset and len(args.labels_offset) not in (1, len(args.labels)):

@@ -351,10 +351,12 @@ class ChunkRenderer:
         )
 
     def render_chunk(self, dataset, chunk: Chunk) -> ChunkSample:
-        """Render ``chunk`` of a ``SecondsDataset`` (whose rows carry words, no questions)."""
+        """Render ``chunk`` of a ``SecondsDataset`` (its rows' words, and their questions and
+        answers where a row has one)."""
         rounds = []
         for row in chunk.rows:
             second = dataset[row]
-            rounds.append(RoundInput(second.start, second.end, list(second.frames), second.text))
-        history = dataset.texts(range(chunk.first_row, chunk.rows.start))
+            rounds.append(RoundInput(second.start, second.end, list(second.frames), second.text,
+                                     second.question, second.answer))
+        history = dataset.history(range(chunk.first_row, chunk.rows.start))
         return self.render(rounds, history, starts_stream=chunk.starts_stream)

@@ -16,6 +16,10 @@ Columns of ``seconds.arrow``:
     height    int32        frame height after resizing to the pixel budget
     width     int32        frame width
     frames    large_binary fps * period frames, uint8 RGB, (frames, height, width, 3) C order
+    question  string       a question asked in that second ('' for none; ``--question-topic``)
+    answer    string       its answer, which the narrator says first ('' with no question)
+
+Datasets written before the question columns existed read as having no questions.
 
 Why this format: a second is the unit everything else is cut from (chunks are runs of
 consecutive rows of one episode), so the table is flat and needs no index beside it. Arrow IPC
@@ -62,6 +66,8 @@ def _schema():
             ("height", pa.int32()),
             ("width", pa.int32()),
             ("frames", pa.large_binary()),
+            ("question", pa.string()),
+            ("answer", pa.string()),
         ]
     )
 
@@ -106,8 +112,13 @@ class DatasetWriter:
         return self
 
     def add(self, *, episode: int, second: int, start: float, end: float, text: str,
-            received: int, frames: list[np.ndarray]) -> None:
-        """Append one second; its frames must all have one size (uint8 RGB)."""
+            received: int, frames: list[np.ndarray], question: str = "",
+            answer: str = "") -> None:
+        """Append one second; its frames must all have one size (uint8 RGB). A question
+        needs its answer."""
+        if bool(question.strip()) != bool(answer.strip()):
+            raise ValueError(f"a question needs its answer (question {question!r}, answer "
+                             f"{answer!r})")
         shapes = {frame.shape for frame in frames}
         if len(shapes) != 1:
             raise ValueError(f"frames of one second differ in size: {sorted(shapes)}")
@@ -117,7 +128,8 @@ class DatasetWriter:
         data = np.ascontiguousarray(np.stack(frames)).tobytes()
         self._pending.append(
             {"episode": episode, "second": second, "start": start, "end": end, "text": text,
-             "received": received, "height": height, "width": width, "frames": data}
+             "received": received, "height": height, "width": width, "frames": data,
+             "question": question.strip(), "answer": answer.strip()}
         )
         self.rows += 1
         self.bytes_written += len(data)
@@ -177,6 +189,8 @@ class Second:
     text: str
     received: int
     frames: np.ndarray  # (frames, height, width, 3) uint8, read-only
+    question: str = ""
+    answer: str = ""
 
     @property
     def silent(self) -> bool:
@@ -211,6 +225,11 @@ class SecondsDataset:
         columns = ("episode", "second", "start", "end", "received", "height", "width")
         self._numbers = {name: self.table.column(name).to_numpy() for name in columns}
         self._text = self.table.column("text").to_pylist()
+        names = self.table.schema.names
+        self._questions = (self.table.column("question").to_pylist() if "question" in names
+                           else [""] * self.table.num_rows)
+        self._answers = (self.table.column("answer").to_pylist() if "answer" in names
+                         else [""] * self.table.num_rows)
         # Where each row's frame bytes sit inside the mapped file: (data buffer, start, end).
         # Slicing the column's data buffer is zero-copy; a scalar's as_buffer() would copy.
         self._frame_slices: list[tuple[object, int, int]] = []
@@ -241,11 +260,19 @@ class SecondsDataset:
             text=self._text[row],
             received=int(n["received"][row]),
             frames=frames,
+            question=self._questions[row],
+            answer=self._answers[row],
         )
 
     def texts(self, rows: range) -> list[str]:
         """The text of ``rows`` without touching their frames."""
         return [self._text[row] for row in rows]
+
+    def history(self, rows: range) -> list[str | tuple[str, str]]:
+        """What ``rows`` said, for the previous text: their words, or ``(words, answer)``
+        for a second that answered a question."""
+        return [(self._text[row], self._answers[row]) if self._answers[row] else self._text[row]
+                for row in rows]
 
     def episodes(self) -> list[range]:
         """The row range of each episode, in order (rows of an episode are contiguous)."""

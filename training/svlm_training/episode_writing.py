@@ -22,6 +22,7 @@ from svlm_ros.engine.vision_input import fit_frame_size
 from svlm_ros.image_conversion import ImageRejected
 from svlm_training.alignment import AlignmentStats, SecondAligner
 from svlm_training.dataset_format import DatasetWriter
+from svlm_training.question_events import QuestionTimeline
 from svlm_training.video_reading import VideoError
 
 #: Exceptions that reject one frame (the stream goes on without it, as in the node).
@@ -66,8 +67,11 @@ def rejection_reason(error: Exception) -> str:
 
 
 def write_episode(offers: Iterable[FrameOffer], aligner: SecondAligner, writer: DatasetWriter,
-                  episode: int, args, *, total: int | None, desc: str) -> EpisodeCounts:
+                  episode: int, args, *, total: int | None, desc: str,
+                  questions: QuestionTimeline | None = None) -> EpisodeCounts:
     """Offer every frame to ``aligner`` and write the seconds it completes as ``episode``.
+
+    ``questions`` (times on the frames' clock) gives each second the question asked in it.
 
     ``args`` gives ``max_pixels``, ``min_pixels`` and ``quiet``. Frames rejected while decoding
     are counted per reason and skipped; a later frame may take their slot.
@@ -81,8 +85,13 @@ def write_episode(offers: Iterable[FrameOffer], aligner: SecondAligner, writer: 
     def write(completed) -> None:
         for second in completed:
             frames = [resize_frame(f, args.max_pixels, args.min_pixels) for f in second.frames]
+            question = answer = ""
+            if questions is not None:
+                origin = aligner.origin  # stream time 0 on the frames' clock
+                question, answer = questions.asked_in(origin + second.start, origin + second.end)
             writer.add(episode=episode, second=second.index, start=second.start, end=second.end,
-                       text=second.text, received=second.received, frames=frames)
+                       text=second.text, received=second.received, frames=frames,
+                       question=question, answer=answer)
             counts.seconds += 1
             counts.silent += not second.text
             counts.words += len(second.text.split())

@@ -5,10 +5,12 @@
 1. ``svlm-sim``'s bag writer records an unseen stream (``--seed``, default 777; the narrator was
    trained on seeds 1..48) of ``--seconds`` (2 h) as an mcap bag;
 2. ``svlm-eval`` replays it through the streaming engine once per cache setting, with the same
-   model and narration settings, asking the memory questions of ``svlm_ros.sim.scoring`` at
-   the end of every pause ("What colour was the last shape that left?", whose answer left the
-   vision window at least a minute before);
-3. every transcript is scored per 10-minute slice (``svlm_ros.sim.scoring``) and the results
+   model and narration settings, for the whole stream, asking the memory questions of
+   ``svlm_ros.sim.questions`` at the end of every pause ("What colour was the last shape that
+   left?", "What shape was the last one that left?", whose answer left the vision window at
+   least a minute before);
+3. every transcript is scored per 10-minute slice (``svlm_ros.sim.scoring``), with the events
+   that need memory (a shape that is back, one that is still) on their own, and the results
    go into ``OUT/results.md`` (a table), ``OUT/results.json`` and ``OUT/ablations.png``.
 
 Settings (``--settings``, comma-separated; all by default):
@@ -20,6 +22,8 @@ Settings (``--settings``, comma-separated; all by default):
     native     ours, but positions are not made contiguous after evictions
     vision1, vision4, vision16
                ours with a 1 s, 4 s and 16 s vision window (8 s is ``bounded``)
+    text0      ours without previous text (text sink and window 0): no words outlive
+               their round
 """
 
 from __future__ import annotations
@@ -32,13 +36,8 @@ import time
 from pathlib import Path
 
 from svlm_ros.sim.bag_writer import BagSettings, write_world_bag
-from svlm_ros.sim.scoring import (
-    answer_is_right,
-    chance_accuracy,
-    last_left_questions,
-    score_narration,
-    total,
-)
+from svlm_ros.sim.questions import answer_is_right, pause_end_questions
+from svlm_ros.sim.scoring import chance_accuracy, score_narration, total
 from svlm_ros.sim.world import World, WorldConfig
 from svlm_training.sim_narrator import IMAGE_TOPIC, NARRATOR_SETTINGS, TEXT_TOPIC
 
@@ -51,6 +50,8 @@ SETTINGS = {
     "vision1": (["--vision-window-seconds", "1"], "vision window 1 s"),
     "vision4": (["--vision-window-seconds", "4"], "vision window 4 s"),
     "vision16": (["--vision-window-seconds", "16"], "vision window 16 s"),
+    "text0": (["--text-sink-tokens", "0", "--text-window-tokens", "0"],
+              "no previous text (text window 0)"),
 }
 SLICE_SECONDS = 600
 
@@ -111,9 +112,11 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
     narration = [(int(round(row["second"])), row["text"]) for row in rows]
     slices = score_narration(world, narration, SLICE_SECONDS)
     overall = total(slices)
-    answers = {int(round(a["second"])): a for a in read_jsonl(folder / "answers.jsonl")}
-    asked = [q for q in questions if q.second in answers]
-    right = sum(answer_is_right(q, answers[q.second].get("answer", "")) for q in asked)
+    answers = {(int(round(a["second"])), a["question"]): a
+               for a in read_jsonl(folder / "answers.jsonl")}
+    asked = [q for q in questions if (q.second, q.question) in answers]
+    right = sum(answer_is_right(q, answers[q.second, q.question].get("answer", ""))
+                for q in asked)
     scores = json.loads((folder / "scores.json").read_text())
     latencies = [row["latency"] for row in rows]
     return {
@@ -126,6 +129,9 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
         "quiet_accuracy": overall.quiet_right / max(1, overall.quiet_seconds),
         "events_spoken": overall.events_spoken / max(1, overall.event_seconds),
         "colour_right": overall.colour_right / max(1, overall.event_seconds),
+        "memory_events": overall.memory_seconds,
+        "memory_accuracy": overall.memory_right / max(1, overall.memory_seconds),
+        "memory_by_kind": memory_by_kind(world, narration),
         "first_slice": slices[0].accuracy if slices else math.nan,
         "last_slice": slices[-1].accuracy if slices else math.nan,
         "slices": [{"start": s.start, "end": s.end, "accuracy": s.accuracy,
@@ -139,16 +145,16 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
 
 def write_results(out: Path, results: list[dict], reference: dict) -> None:
     header = ("| setting | seconds | accuracy % | first 10 min (always silent) | last 10 min "
-              "(always silent) | events right | "
+              "(always silent) | events right | memory events right (is back / is still) | "
               "events spoken | colour right | quiet right | memory questions | step ms | "
               "cache tokens max |")
-    lines = [header, "|" + "---|" * 12]
+    lines = [header, "|" + "---|" * 13]
     for r in results:
         stopped = " (stopped by budget)" if r["stopped_early"] else ""
         lines.append(
             f"| {r['setting']}: {r['description']} | {r['seconds']}{stopped} | "
             f"{100 * r['accuracy']:.1f} | {_slice_text(r, 0)} | {_slice_text(r, -1)} | "
-            f"{100 * r['event_accuracy']:.1f} | "
+            f"{100 * r['event_accuracy']:.1f} | {_memory_text(r)} | "
             f"{100 * r['events_spoken']:.1f} | {100 * r['colour_right']:.1f} | "
             f"{100 * r['quiet_accuracy']:.1f} | {r['questions_right']}/{r['questions_asked']} | "
             f"{r['step_ms_median']:.0f} | {r['cache_tokens_max']} |")
@@ -158,6 +164,24 @@ def write_results(out: Path, results: list[dict], reference: dict) -> None:
     (out / "results.json").write_text(json.dumps({"results": results, **reference},
                                                  indent=2) + "\n")
     plot(out / "ablations.png", results, reference)
+
+
+def memory_by_kind(world: World, narration: list[tuple[int, str]]) -> dict[str, float]:
+    """Share of the seconds of each memory kind narrated right."""
+    from svlm_ros.sim.scoring import second_is_right
+
+    seconds: dict[str, list[bool]] = {}
+    for second, text in narration:
+        event = world.event_at(second)
+        if event is not None and event.needs_memory:
+            seconds.setdefault(event.kind, []).append(second_is_right(world, second, text))
+    return {kind: sum(right) / len(right) for kind, right in seconds.items()}
+
+
+def _memory_text(result: dict) -> str:
+    kinds = result.get("memory_by_kind", {})
+    parts = " / ".join(f"{100 * kinds[k]:.1f}" if k in kinds else "-" for k in ("returns", "still"))
+    return f"{100 * result['memory_accuracy']:.1f} ({parts})"
 
 
 def _slice_text(result: dict, index: int) -> str:
@@ -220,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         write_world_bag(bag, world, BagSettings(seconds=args.seconds, camera_hz=2.0,
                                                 storage="mcap", image_format="png",
                                                 image_topic=IMAGE_TOPIC, text_topic=TEXT_TOPIC))
-    questions = last_left_questions(world, args.seconds)
+    questions = pause_end_questions(world, args.seconds)
     questions_file = out / "questions.jsonl"
     questions_file.write_text("".join(json.dumps({"second": q.second, "question": q.question,
                                                   "answer": q.answer, "age": q.age}) + "\n"

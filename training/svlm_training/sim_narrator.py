@@ -5,7 +5,8 @@ One command, the same steps a robot team takes with its own bags:
 1. ``svlm-sim``'s bag writer records ``--bags`` simulated streams (world seeds from
    ``--first-world``, default 1..N; the demo and the long evaluation use other seeds) as
    rosbag2 (mcap, png frames at 2 Hz, ground truth as ``std_msgs/String``), each stream's
-   frames starting up to ``--phase-jitter`` seconds into its world's first second;
+   frames starting up to ``--phase-jitter`` seconds into its world's first second, with
+   memory questions on about ``--question-share`` of its seconds (``svlm_ros.sim.questions``);
 2. ``svlm-bag2dataset`` turns them into a dataset (224x168 frames: 48 vision tokens a second;
    at 112x84 a shape covers about one vision token and the tiny vision tower did not learn to
    see it in the time budget, measured);
@@ -45,6 +46,7 @@ from tqdm import tqdm
 from svlm_ros.engine.model_settings import ENGINE_FORMAT, ModelSettings, write_settings
 from svlm_ros.engine.tiny_model import make_tiny_checkpoint
 from svlm_ros.sim.bag_writer import BagSettings, write_world_bag
+from svlm_ros.sim.questions import SIDES
 from svlm_ros.sim.world import COLOURS, DIRECTIONS, SHAPES, World, WorldConfig
 from svlm_training.train_config import TrainConfig
 
@@ -63,6 +65,7 @@ NARRATOR_SETTINGS = {
 CHUNK_SECONDS, OVERLAP_SECONDS = 8, 4
 IMAGE_TOPIC = "/camera/image_raw"
 TEXT_TOPIC = "/svlm/ground_truth"
+QUESTION_TOPIC = "/svlm/question"
 
 
 def narrator_settings() -> ModelSettings:
@@ -84,7 +87,11 @@ def world_vocabulary() -> list[str]:
                 lines.append(f"the {colour} {shape} leaves to the {direction}")
                 lines.append(f"the {colour} {shape} turns and moves {direction}")
                 lines.append(f"the {colour} {shape} moves {direction}")
+                lines.append(f"the {colour} {shape} is back from the {direction}")
+            lines.append(f"the {colour} {shape} is still")
     lines.append("What colour was the last shape that left?")
+    lines.append("What shape was the last one that left?")
+    lines += [f"What colour was the shape that left to the {side}?" for side in SIDES]
     return lines
 
 
@@ -114,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="each stream's first frame starts this many seconds or less "
                         "after its world's second 0 (random per world, below 0.5; default 0): "
                         "a live camera is not synchronised with the world's seconds")
+    parser.add_argument("--question-share", type=float, default=0.05,
+                        help="share of seconds with a memory question about a shape that left "
+                        "10 s or more before, answered first in that second's text (default "
+                        "0.05; 0: none)")
     parser.add_argument("--init-from", default=None, metavar="DIR",
                         help="continue training an earlier sim narrator (a folder this "
                         "command wrote) instead of a fresh tiny model")
@@ -136,6 +147,8 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
     if not 0 <= args.phase_jitter < 0.5:
         raise ValueError(f"--phase-jitter must be in [0, 0.5) (the frames are 2 Hz), got "
                          f"{args.phase_jitter}")
+    if not 0 <= args.question_share <= 1:
+        raise ValueError(f"--question-share must be in [0, 1], got {args.question_share}")
     if args.first_world < 1:
         raise ValueError(f"--first-world must be >= 1, got {args.first_world}")
     if out.exists() and not args.overwrite:
@@ -154,12 +167,14 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
         bags = []
         settings = BagSettings(seconds=args.bag_seconds, camera_hz=2.0, storage="mcap",
                                image_format="png", image_topic=IMAGE_TOPIC,
-                               text_topic=TEXT_TOPIC)
+                               text_topic=TEXT_TOPIC, question_topic=QUESTION_TOPIC,
+                               question_share=args.question_share)
         seeds = range(args.first_world, args.first_world + args.bags)
         with tqdm(total=args.bags, unit="bag", desc="1/4 simulated bags") as bar:
             for seed in seeds:
                 phase = world_phase(seed, args.phase_jitter)
-                suffix = f"_phase{phase:.4f}" if phase else ""
+                suffix = (f"_phase{phase:.4f}" if phase else "") + (
+                    f"_questions{args.question_share:g}" if args.question_share else "")
                 path = work / "bags" / f"world_{seed:03d}{suffix}"
                 if not path.exists():
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +186,7 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
         print("2/4 dataset (svlm-bag2dataset)", flush=True)
         _run_step("svlm-bag2dataset", bag2dataset.main, [
             *bags, "--image-topic", IMAGE_TOPIC, "--text-topic", TEXT_TOPIC,
+            *(["--question-topic", QUESTION_TOPIC] if args.question_share else []),
             "--out", str(dataset), "--fps", "2", "--period", "1",
             "--max-pixels", str(NARRATOR_SETTINGS["max_pixels"]),
             "--min-pixels", str(NARRATOR_SETTINGS["min_pixels"]), "--overwrite",
@@ -207,7 +223,8 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
                 shutil.copy2(run / name, staging / name)
         command = (f"svlm-make-sim-narrator OUT --bags {args.bags} --bag-seconds "
                    f"{args.bag_seconds} --steps {args.steps} --lr {args.lr} --seed {args.seed}"
-                   f" --first-world {args.first_world} --phase-jitter {args.phase_jitter}")
+                   f" --first-world {args.first_world} --phase-jitter {args.phase_jitter}"
+                   f" --question-share {args.question_share}")
         recipe = {
             # The settings that shape the model (not this machine's paths).
             "command": command if earlier is None else f"{command} --init-from EARLIER",
@@ -218,6 +235,7 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
                                  if k in earlier}]),
             "bags": args.bags, "bag_seconds": args.bag_seconds,
             "world_seeds": [seeds[0], seeds[-1]], "phase_jitter": args.phase_jitter,
+            "question_share": args.question_share,
             "steps": args.steps, "lr": args.lr, "seed": args.seed,
             "narrator_settings": NARRATOR_SETTINGS,
             "minutes": round((time.perf_counter() - started) / 60, 1),

@@ -1,0 +1,52 @@
+"""``svlm-sim-ablations``' scoring and table on transcripts of known quality (the replays
+themselves are ``svlm-eval``'s, tested there): memory events and questions are counted apart."""
+
+from __future__ import annotations
+
+import json
+
+from svlm_training import sim_ablations
+
+from svlm_ros.sim.questions import pause_end_questions
+from svlm_ros.sim.world import World, WorldConfig
+
+SECONDS = 1200
+
+
+def write_run(folder, world, say, answer):
+    folder.mkdir(parents=True)
+    rows = [{"second": s, "text": say(s), "latency": 0.01, "cache_tokens": 100}
+            for s in range(SECONDS)]
+    (folder / "transcript.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    questions = pause_end_questions(world, SECONDS)
+    (folder / "answers.jsonl").write_text("".join(
+        json.dumps({"second": q.second, "question": q.question, "answer": answer(q)}) + "\n"
+        for q in questions))
+    (folder / "scores.json").write_text(json.dumps({"stopped_early": False}))
+    return questions
+
+
+def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
+    world = World(WorldConfig(seed=31))
+    truth = world.sentence_at
+    questions = write_run(tmp_path / "bounded", world, truth, lambda q: q.answer)
+    # A narrator without memory: a shape that is back merely enters, a still one is not seen.
+    forgetful = lambda s: (truth(s).replace("is back", "enters")  # noqa: E731
+                           if "is still" not in truth(s) else "")
+    write_run(tmp_path / "text0", world, forgetful, lambda q: "I do not know")
+    good = sim_ablations.summarize("bounded", tmp_path / "bounded", world, questions)
+    bad = sim_ablations.summarize("text0", tmp_path / "text0", world, questions)
+    assert good["accuracy"] == good["memory_accuracy"] == 1.0
+    assert good["memory_by_kind"] == {"returns": 1.0, "still": 1.0}
+    assert good["questions_right"] == good["questions_asked"] == len(questions) >= 4
+    assert bad["memory_accuracy"] == 0.0 and bad["questions_right"] == 0
+    assert bad["event_accuracy"] < good["event_accuracy"]
+    assert good["memory_events"] == bad["memory_events"] > 50
+    reference = {"always_silent": 0.5, "chance": 0.25, "seed": 31, "seconds": SECONDS,
+                 "model": "m", "wall_minutes": 0.1}
+    sim_ablations.write_results(tmp_path, [good, bad], reference)
+    table = (tmp_path / "results.md").read_text()
+    assert "| 100.0 (100.0 / 100.0) |" in table and "| 0.0 (0.0 / 0.0) |" in table
+    assert "no previous text (text window 0)" in table
+    assert (tmp_path / "ablations.png").stat().st_size > 0
+    assert json.loads((tmp_path / "results.json").read_text())["results"][1]["setting"] == "text0"
