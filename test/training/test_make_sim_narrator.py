@@ -37,7 +37,8 @@ def test_a_toy_narrator_is_made_and_a_second_stage_continues_it(tmp_path, capsys
                               "--work", str(work)]) == 0
     staged = json.loads((second / "svlm_recipe.json").read_text())
     assert staged["command"].endswith(
-        "--seed 1 --first-world 3 --phase-jitter 0.2 --question-share 0.05 --init-from EARLIER")
+        "--seed 1 --first-world 3 --phase-jitter 0.2 --question-share 0.05 --chunk-seconds 8 "
+        "--overlap-seconds 4 --init-from EARLIER")
     assert staged["question_share"] == 0.05
     assert staged["world_seeds"] == [3, 4] and staged["phase_jitter"] == 0.2
     # New worlds, each starting at its own phase below the jitter.

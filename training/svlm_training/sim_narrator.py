@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="each stream's first frame starts this many seconds or less "
                         "after its world's second 0 (random per world, below 0.5; default 0): "
                         "a live camera is not synchronised with the world's seconds")
+    parser.add_argument("--chunk-seconds", type=int, default=CHUNK_SECONDS,
+                        help=f"seconds per training chunk (default {CHUNK_SECONDS}, the vision "
+                        "window); longer chunks show more seconds with their whole vision "
+                        "window behind them (a shape still for 6 s needs 6 s of frames)")
+    parser.add_argument("--overlap-seconds", type=int, default=OVERLAP_SECONDS,
+                        help=f"seconds shared by consecutive chunks (default {OVERLAP_SECONDS})")
     parser.add_argument("--question-share", type=float, default=0.05,
                         help="share of seconds with a memory question about a shape that left "
                         "10 s or more before, answered first in that second's text (default "
@@ -209,7 +215,8 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
             "--method", "full", "--train-vision", "--dtype", "float32", "--device", "cpu",
             "--no-gradient-checkpointing", "--lr", str(args.lr), "--warmup-ratio", "0.03",
             "--max-steps", str(args.steps), "--seed", str(args.seed), "--save-every", "0",
-            "--chunk-seconds", str(CHUNK_SECONDS), "--overlap-seconds", str(OVERLAP_SECONDS),
+            "--chunk-seconds", str(args.chunk_seconds),
+            "--overlap-seconds", str(args.overlap_seconds),
             "--max-new-tokens", str(NARRATOR_SETTINGS["max_new_tokens"]),
             "--text-sink-tokens", str(NARRATOR_SETTINGS["text_sink_tokens"]),
             "--text-window-tokens", str(NARRATOR_SETTINGS["text_window_tokens"]),
@@ -224,7 +231,8 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
         command = (f"svlm-make-sim-narrator OUT --bags {args.bags} --bag-seconds "
                    f"{args.bag_seconds} --steps {args.steps} --lr {args.lr} --seed {args.seed}"
                    f" --first-world {args.first_world} --phase-jitter {args.phase_jitter}"
-                   f" --question-share {args.question_share}")
+                   f" --question-share {args.question_share} --chunk-seconds "
+                   f"{args.chunk_seconds} --overlap-seconds {args.overlap_seconds}")
         recipe = {
             # The settings that shape the model (not this machine's paths).
             "command": command if earlier is None else f"{command} --init-from EARLIER",
@@ -236,6 +244,7 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
             "bags": args.bags, "bag_seconds": args.bag_seconds,
             "world_seeds": [seeds[0], seeds[-1]], "phase_jitter": args.phase_jitter,
             "question_share": args.question_share,
+            "chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds,
             "steps": args.steps, "lr": args.lr, "seed": args.seed,
             "narrator_settings": NARRATOR_SETTINGS,
             "minutes": round((time.perf_counter() - started) / 60, 1),
