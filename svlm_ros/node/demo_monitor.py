@@ -39,10 +39,10 @@ from svlm_ros.node.bag_recorder import BagRecorder
 from svlm_ros.node.stamps import stamp_to_seconds
 from svlm_ros.sim.captioned_video import CaptionedVideo
 from svlm_ros.sim.world import parse_event
+from svlm_ros.srv import Ask
 
 #: What a memory event needs remembered, by kind (see ``svlm_ros.sim.world``).
 MEMORY_NEEDS = {"returns": "text", "still": "vision"}
-from svlm_ros.srv import Ask
 
 DEFAULT_QUESTION = "What colour was the last shape that left?"
 
