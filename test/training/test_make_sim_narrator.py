@@ -13,6 +13,20 @@ from svlm_ros.engine.model_settings import ENGINE_FORMAT, read_settings
 TOY = ["--bags", "2", "--bag-seconds", "10", "--steps", "2"]
 
 
+def test_the_basic_world_has_no_memory_events_and_names_its_bags(tmp_path):
+    from svlm_ros.sim.world import World, WorldConfig
+
+    basic = World(WorldConfig(seed=3, **sim_narrator.WORLDS["basic"])).events(600)
+    assert basic and not {e.kind for e in basic} & {"returns", "still"}
+    work = tmp_path / "work"
+    assert sim_narrator.main([str(tmp_path / "out"), *TOY, "--world", "basic",
+                              "--question-share", "0", "--work", str(work)]) == 0
+    assert sorted(p.name for p in (work / "bags").iterdir()) == ["world_001_basic",
+                                                                 "world_002_basic"]
+    recipe = json.loads((tmp_path / "out" / "svlm_recipe.json").read_text())
+    assert recipe["world"] == "basic" and recipe["question_share"] == 0
+
+
 def test_a_toy_narrator_is_made_and_a_second_stage_continues_it(tmp_path, capsys):
     first = tmp_path / "first"
     assert sim_narrator.main([str(first), *TOY]) == 0
@@ -37,8 +51,8 @@ def test_a_toy_narrator_is_made_and_a_second_stage_continues_it(tmp_path, capsys
                               "--work", str(work)]) == 0
     staged = json.loads((second / "svlm_recipe.json").read_text())
     assert staged["command"].endswith(
-        "--seed 1 --first-world 3 --phase-jitter 0.2 --question-share 0.05 --chunk-seconds 8 "
-        "--overlap-seconds 4 --init-from EARLIER")
+        "--seed 1 --first-world 3 --phase-jitter 0.2 --world memory --question-share 0.05 "
+        "--chunk-seconds 8 --overlap-seconds 4 --init-from EARLIER")
     assert staged["question_share"] == 0.05
     assert staged["world_seeds"] == [3, 4] and staged["phase_jitter"] == 0.2
     # New worlds, each starting at its own phase below the jitter.

@@ -66,6 +66,8 @@ CHUNK_SECONDS, OVERLAP_SECONDS = 8, 4
 IMAGE_TOPIC = "/camera/image_raw"
 TEXT_TOPIC = "/svlm/ground_truth"
 QUESTION_TOPIC = "/svlm/question"
+#: World variants (``--world``): settings on top of a seed's ``WorldConfig``.
+WORLDS = {"memory": {}, "basic": {"return_seconds": 0, "still_seconds": 0}}
 
 
 def narrator_settings() -> ModelSettings:
@@ -121,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="each stream's first frame starts this many seconds or less "
                         "after its world's second 0 (random per world, below 0.5; default 0): "
                         "a live camera is not synchronised with the world's seconds")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="memory",
+                        help="memory (default): the world with shapes that are back and shapes "
+                        "that are still, events only memory can narrate; basic: without them")
     parser.add_argument("--chunk-seconds", type=int, default=CHUNK_SECONDS,
                         help=f"seconds per training chunk (default {CHUNK_SECONDS}, the vision "
                         "window); longer chunks show more seconds with their whole vision "
@@ -179,12 +184,13 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
         with tqdm(total=args.bags, unit="bag", desc="1/4 simulated bags") as bar:
             for seed in seeds:
                 phase = world_phase(seed, args.phase_jitter)
-                suffix = (f"_phase{phase:.4f}" if phase else "") + (
+                suffix = (f"_{args.world}" if args.world != "memory" else "") + (
+                    f"_phase{phase:.4f}" if phase else "") + (
                     f"_questions{args.question_share:g}" if args.question_share else "")
                 path = work / "bags" / f"world_{seed:03d}{suffix}"
                 if not path.exists():
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    write_world_bag(path, World(WorldConfig(seed=seed)),
+                    write_world_bag(path, World(WorldConfig(seed=seed, **WORLDS[args.world])),
                                     dataclasses.replace(settings, phase=phase))
                 bags.append(str(path))
                 bar.update()
@@ -231,7 +237,7 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
         command = (f"svlm-make-sim-narrator OUT --bags {args.bags} --bag-seconds "
                    f"{args.bag_seconds} --steps {args.steps} --lr {args.lr} --seed {args.seed}"
                    f" --first-world {args.first_world} --phase-jitter {args.phase_jitter}"
-                   f" --question-share {args.question_share} --chunk-seconds "
+                   f" --world {args.world} --question-share {args.question_share} --chunk-seconds "
                    f"{args.chunk_seconds} --overlap-seconds {args.overlap_seconds}")
         recipe = {
             # The settings that shape the model (not this machine's paths).
@@ -243,7 +249,7 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
                                  if k in earlier}]),
             "bags": args.bags, "bag_seconds": args.bag_seconds,
             "world_seeds": [seeds[0], seeds[-1]], "phase_jitter": args.phase_jitter,
-            "question_share": args.question_share,
+            "world": args.world, "question_share": args.question_share,
             "chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds,
             "steps": args.steps, "lr": args.lr, "seed": args.seed,
             "narrator_settings": NARRATOR_SETTINGS,
