@@ -3,7 +3,7 @@
     svlm-sim-ablations --model config/sim_narrator --out ablations [--seconds 7200]
 
 1. ``svlm-sim``'s bag writer records an unseen stream (``--seed``, default 777; the narrator was
-   trained on seeds 1..48) of ``--seconds`` (2 h) as an mcap bag;
+   trained on seeds 1..1152) of ``--seconds`` (2 h) as an mcap bag;
 2. ``svlm-eval`` replays it through the streaming engine once per cache setting, with the same
    model and narration settings, for the whole stream, asking the memory questions of
    ``svlm_ros.sim.questions`` at the end of every pause ("What colour was the last shape that
