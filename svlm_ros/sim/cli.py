@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--rate", type=float, default=30.0, help="camera Hz (default 30)")
     bag.add_argument("--image-topic", default="/camera/image_raw")
     bag.add_argument("--text-topic", default="/svlm/ground_truth")
+    bag.add_argument("--question-share", type=float, default=0.0,
+                     help="share of seconds with a memory question on --question-topic, as "
+                          'std_msgs/String {"question", "answer"} JSON (default 0: none)')
+    bag.add_argument("--question-topic", default="/svlm/question")
     truth = commands.add_parser("truth", help="print the ground-truth sentence of every second")
     world_options(truth)
     return parser
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         settings = BagSettings(seconds=args.seconds, camera_hz=args.rate, storage=args.storage,
                                image_format=args.format, image_topic=args.image_topic,
-                               text_topic=args.text_topic)
+                               text_topic=args.text_topic, question_share=args.question_share,
+                               question_topic=args.question_topic)
         with tqdm(total=args.seconds, unit="s", desc="svlm-sim bag", leave=False) as bar:
             path = write_world_bag(args.out, world, settings, progress=lambda _: bar.update(1))
     except (ValueError, FileExistsError) as error:

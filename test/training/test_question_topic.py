@@ -136,3 +136,19 @@ def test_training_renders_a_recorded_question_before_the_video_and_trains_its_an
 def test_a_question_share_outside_zero_to_one_is_refused(share):
     with pytest.raises(ValueError, match="question_share"):
         BagSettings(question_share=share)
+
+
+def test_svlm_sim_bag_records_questions_when_asked(tmp_path, capsys):
+    from rosbags.rosbag2 import Reader
+
+    from svlm_ros.sim.cli import main as svlm_sim
+
+    assert svlm_sim(["bag", str(tmp_path / "q"), "--seconds", "80", "--size", "64x48",
+                     "--rate", "2", "--question-share", "0.2"]) == 0
+    assert svlm_sim(["bag", str(tmp_path / "none"), "--seconds", "80", "--size", "64x48",
+                     "--rate", "2"]) == 0
+    with Reader(tmp_path / "q") as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert counts["/svlm/question"] >= 3
+    with Reader(tmp_path / "none") as reader:
+        assert "/svlm/question" not in {c.topic for c in reader.connections}
