@@ -38,11 +38,14 @@ stage() { python -m svlm_training.sim_narrator "$@"; }
     --steps 4000 --lr 1e-4 --seed 3 --world basic --question-share 0 --init-from "$work/stage2"
 [ -d "$work/stage4" ] || stage "$work/stage4" --bags 192 --first-world 385 --phase-jitter 0.1 \
     --steps 4000 --lr 1e-4 --seed 4 --world basic --question-share 0 --init-from "$work/stage3"
-# 5, 6: the memory world, memory questions on 5 % of seconds (answered first in that second's
-# text); stage 6 on 12 s chunks, so that more seconds have the 6 s of frames a still shape
-# needs behind them.
+# 5-7: the memory world, memory questions on 5 % of seconds (answered first in that second's
+# text; 25 % in stage 7); stages 6 and 7 on 12 s chunks, so that more seconds have the 6 s of
+# frames a still shape needs behind them.
 [ -d "$work/stage5" ] || stage "$work/stage5" --bags 192 --first-world 577 --phase-jitter 0.1 \
     --steps 6000 --lr 2e-4 --seed 5 --world memory --question-share 0.05 --init-from "$work/stage4"
-stage "$out" --bags 192 --first-world 769 --phase-jitter 0.1 --steps 7000 --lr 2e-4 --seed 6 \
-    --world memory --question-share 0.05 --chunk-seconds 12 --overlap-seconds 8 \
-    --init-from "$work/stage5"
+[ -d "$work/stage6" ] || stage "$work/stage6" --bags 192 --first-world 769 --phase-jitter 0.1 \
+    --steps 7000 --lr 2e-4 --seed 6 --world memory --question-share 0.05 --chunk-seconds 12 \
+    --overlap-seconds 8 --init-from "$work/stage5"
+stage "$out" --bags 192 --first-world 961 --phase-jitter 0.1 --steps 7000 --lr 2e-4 --seed 7 \
+    --world memory --question-share 0.25 --chunk-seconds 12 --overlap-seconds 8 \
+    --init-from "$work/stage6"
