@@ -194,12 +194,15 @@ def _slice_text(result: dict, index: int) -> str:
 
 
 def plot(path: Path, results: list[dict], reference: dict) -> None:
+    """Accuracy per 10-minute slice (left) and the events that need memory per setting
+    (right: a shape that is back, one that is still)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(9, 4.5))
+    figure, (axis, memory) = plt.subplots(1, 2, figsize=(14, 4.8),
+                                          gridspec_kw={"width_ratios": [3, 2]})
     for r in results:
         minutes = [(s["start"] + s["end"]) / 120 for s in r["slices"]]
         accuracy = [100 * s["accuracy"] for s in r["slices"]]
@@ -221,6 +224,19 @@ def plot(path: Path, results: list[dict], reference: dict) -> None:
     axis.set_ylim(0, 100)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left", fontsize=8, ncol=3)
+
+    names = [r["setting"] for r in results]
+    positions = range(len(results))
+    for offset, kind, label in ((-0.2, "returns", "is back (needs the text)"),
+                                (0.2, "still", "is still (needs the vision window)")):
+        values = [100 * r.get("memory_by_kind", {}).get(kind, 0.0) for r in results]
+        memory.bar([p + offset for p in positions], values, width=0.4, label=label)
+    memory.set_xticks(list(positions), names, rotation=30, ha="right")
+    memory.set_ylabel("memory events right (%)")
+    memory.set_title("Events that need memory")
+    memory.set_ylim(0, 100)
+    memory.grid(alpha=0.3, axis="y")
+    memory.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
