@@ -8,6 +8,7 @@ callback group, so status goes out while rounds, asks and frames are being handl
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -114,6 +115,12 @@ class StatusReporter:
                 # auto already subscribes reliable where the camera offers it: no hint then.
                 reliability=self._values["qos_reliability"],
             )
+            # Nearly every frame lost leaves too few for an estimate: judged from the
+            # publishers matched and the frames that came.
+            starved = camera.starvation.check(
+                self._node.count_publishers(camera.spec.subscription_topic),
+                snapshot.frames_received, time.monotonic(), transport=camera.spec.transport)
+            warning = warning or starved
             snapshots.append(snapshot)
             transports.append((figures, warning))
             status.cameras.append(self._camera_status(camera, snapshot, figures, warning))
@@ -219,7 +226,8 @@ class StatusReporter:
             elif snapshot.frames_rejected > previous.frames_rejected:
                 level, message = DiagnosticStatus.WARN, f"rejected: {snapshot.last_rejection}"
             elif snapshot.frames_received == previous.frames_received:
-                level, message = DiagnosticStatus.WARN, "no frames"
+                # A publisher whose frames are lost on the way says more than "no frames".
+                level, message = DiagnosticStatus.WARN, warning or "no frames"
             elif warning:
                 level, message = DiagnosticStatus.WARN, warning
             elif snapshot.seconds_skipped > previous.seconds_skipped:

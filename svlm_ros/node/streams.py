@@ -29,7 +29,7 @@ from svlm_ros.node.camera_specs import CameraSpec, camera_specs
 from svlm_ros.node.fair_lock import FairLock
 from svlm_ros.node.model_defaults import describe_sampling
 from svlm_ros.node.stream_stats import CameraSnapshot, CameraStats
-from svlm_ros.node.transport_monitor import ArrivalMonitor
+from svlm_ros.node.transport_monitor import ArrivalMonitor, StarvationWatch
 
 # Frames whose arrival maps the node clock to the camera clock, and how many it takes.
 CLOCK_OFFSET_FRAMES = 9
@@ -65,6 +65,7 @@ class CameraStream:
         # Frame size last checked against the vision input's limits (aspect ratio).
         self.checked_size: tuple[int, int] | None = None
         self.arrivals = ArrivalMonitor()
+        self.starvation = StarvationWatch()
         #: The image subscription's QoS and why (``qos_matching.QosChoice``; set by the intake).
         self.qos_choice = None
         # Arrival (node clock) minus stamp of the newest frames of the stream: their median

@@ -19,6 +19,11 @@ subscription queue). So, over the newest ``window`` arrivals:
 
 Everything is in camera time, so a bag replayed at any speed or simulated time reads the same.
 ``explain`` turns the figures into a warning that names the likely cause and the fixes.
+
+Nearly all frames lost gives no estimate at all (fewer than ``MIN_SAMPLES`` arrivals): a
+640x480 rgb8 camera through Fast DDS's default segment was measured delivering 0 or 1 frames
+in 40 s. ``StarvationWatch`` reports that case from the publisher count: a camera matched for
+``STARVED_SECONDS`` that delivered fewer frames than an estimate needs.
 """
 
 from __future__ import annotations
@@ -105,6 +110,48 @@ class ArrivalMonitor:
         lost = 1.0 - len(differences) / published
         stamp_rate = 1.0 / interval
         return ArrivalFigures(stamp_rate, stamp_rate * (1.0 - lost), lost, message_bytes)
+
+
+#: A publisher matched this long with too few frames for an estimate is reported (s).
+STARVED_SECONDS = 10.0
+
+
+class StarvationWatch:
+    """Notices a camera topic with a publisher whose frames (nearly) never arrive."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None  # when a publisher was first seen, monotonic
+        self._received_then = 0
+
+    def check(self, publishers: int, received: int, now: float, *, transport: str) -> str:
+        """A warning when ``publishers`` > 0 for ``STARVED_SECONDS`` and fewer than
+        ``MIN_SAMPLES`` + 1 of the ``received`` frames (a running count) came in that time;
+        '' otherwise (and the watch starts over when the publishers go or frames flow)."""
+        if publishers <= 0:
+            self._since = None
+            return ""
+        if self._since is None:
+            self._since, self._received_then = now, received
+            return ""
+        arrived = received - self._received_then
+        if arrived > MIN_SAMPLES:
+            self._since, self._received_then = now, received  # flowing: watch from here
+            return ""
+        waited = now - self._since
+        if waited < STARVED_SECONDS:
+            return ""
+        fixes = (
+            "Likely cause: raw images larger than Fast DDS's default 512 KB shared-memory "
+            "segment (a 640x480 rgb8 frame is 900 KB). Fixes: start the camera with "
+            "FASTDDS_DEFAULT_PROFILES_FILE set to svlm_ros's config/fastdds_large_images.xml; "
+            "or publish and subscribe compressed (image_transports: compressed)"
+            if transport == "raw" else
+            "Likely cause: a QoS or network problem between camera and narrator. Fixes: check "
+            "the camera's QoS (ros2 topic info -v) and the network"
+        )  # fmt: skip
+        return (f"frames lost in transport: {publishers} publisher(s) matched for "
+                f"{waited:.0f} s but {arrived} frame(s) arrived (lost before the node, or the "
+                f"camera publishes nothing). {fixes}")
 
 
 def explain(figures: ArrivalFigures, *, transport: str, reliability: str) -> str:
