@@ -209,11 +209,13 @@ class NarratorNode(LifecycleNode):
             if self._values.get(name) != value
         ]
         if restore:
+            # Atomically: set one by one, the first value put back makes a config that matches
+            # neither set of streams and asks for another rebuild, which would wipe the
+            # restored streams' memory and clear the error before anyone could read it.
             with self._setting_own_parameters():
-                results = self.set_parameters(restore)
-            refused = [r.reason for r in results if not r.successful]
-            if refused:
-                self.get_logger().error(f"could not restore parameters: {'; '.join(refused)}")
+                result = self.set_parameters_atomically(restore)
+            if not result.successful:
+                self.get_logger().error(f"could not restore parameters: {result.reason}")
 
     # ----- lifecycle ---------------------------------------------------------------------
     @property

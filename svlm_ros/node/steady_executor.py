@@ -28,6 +28,7 @@ from rclpy.executors import (
     ShutdownException,
     TimeoutException,
 )
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
 #: How often the dispatcher, waiting for a pool thread to take a task, checks for shutdown.
 SHUTDOWN_CHECK_SECONDS = 0.05
@@ -74,7 +75,13 @@ class SteadyMultiThreadedExecutor(MultiThreadedExecutor):
             time.sleep(0.0005)
         for future in [f for f in self._futures if f.done()]:
             self._futures.remove(future)
-            future.result()  # a callback's exception surfaces in spin, as rclpy does
+            try:
+                future.result()  # a callback's exception surfaces in spin, as rclpy does
+            except _rclpy.InvalidHandle:
+                # rclpy's own wait-set task touching a guard condition that shutdown already
+                # destroyed: teardown, not a fault of any callback.
+                if not (self._is_shutdown or not self._context.ok()):
+                    raise
 
     def _coroutine_waiting(self) -> bool:
         """Whether a task is neither running nor done: a coroutine that awaits something."""

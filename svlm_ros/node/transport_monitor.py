@@ -112,6 +112,9 @@ class ArrivalMonitor:
         return ArrivalFigures(stamp_rate, stamp_rate * (1.0 - lost), lost, message_bytes)
 
 
+#: The fix for raw images larger than Fast DDS's default segment, said by both warnings.
+PROFILE_FIX = ("start the camera with FASTDDS_DEFAULT_PROFILES_FILE set to svlm_ros's "
+               "config/fastdds_large_images.xml")
 #: A publisher matched this long with too few frames for an estimate is reported (s).
 STARVED_SECONDS = 10.0
 
@@ -142,9 +145,8 @@ class StarvationWatch:
             return ""
         fixes = (
             "Likely cause: raw images larger than Fast DDS's default 512 KB shared-memory "
-            "segment (a 640x480 rgb8 frame is 900 KB). Fixes: start the camera with "
-            "FASTDDS_DEFAULT_PROFILES_FILE set to svlm_ros's config/fastdds_large_images.xml; "
-            "or publish and subscribe compressed (image_transports: compressed)"
+            f"segment (a 640x480 rgb8 frame is 900 KB). Fixes: {PROFILE_FIX}; or publish and "
+            "subscribe compressed (image_transports: compressed)"
             if transport == "raw" else
             "Likely cause: a QoS or network problem between camera and narrator. Fixes: check "
             "the camera's QoS (ros2 topic info -v) and the network"
@@ -181,8 +183,7 @@ def explain(figures: ArrivalFigures, *, transport: str, reliability: str) -> str
         return (
             f"{head}. Likely cause: {figures.message_bytes // 1024} KB images are larger than "
             "Fast DDS's default 512 KB shared-memory segment (the publisher's segment counts). "
-            "Fixes: start the camera with FASTDDS_DEFAULT_PROFILES_FILE set to svlm_ros's "
-            "config/fastdds_large_images.xml (in the narrator alone it does not help)"
+            f"Fixes: {PROFILE_FIX} (in the narrator alone it does not help)"
             f"{reliable_hint}; or publish and subscribe compressed (image_transports: "
             "compressed)"
         )

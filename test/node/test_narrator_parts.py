@@ -237,6 +237,10 @@ def test_a_failed_stream_rebuild_restores_the_previous_settings(running):
         "the previous parameter values back",
     )
     assert streams.config.cache.vision_window_seconds == 16
+    # Putting the values back is no change: the restored streams are not rebuilt once more
+    # (which would drop what they hold), and the error stays for status to show.
+    time.sleep(0.5)
+    assert "cannot restart the streams" in streams.error
     # And it narrates on with them.
     narrator.feed()
     before = len(narrator.narrations)

@@ -27,7 +27,7 @@ class QuestionEvent:
 
 
 def read_question_events(bag: BagSource, topic: str) -> list[QuestionEvent]:
-    """Every question of ``topic`` (receive times), in time order.
+    """Every question of ``topic`` (receive times), in bag order.
 
     Raises:
         BagError: the topic is missing or not ``std_msgs/String``, or a message is not a JSON
@@ -46,7 +46,7 @@ def read_question_events(bag: BagSource, topic: str) -> list[QuestionEvent]:
             raise BagError(f"{bag.path}: question message {item.index} on {topic!r} has an "
                            "empty question or answer")
         events.append(QuestionEvent(item.receive_time, question, answer))
-    return sorted(events, key=lambda event: event.time)
+    return events
 
 
 class QuestionTimeline:
