@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
     share = Path(get_package_share_directory("svlm_ros"))
-    os.environ.setdefault(
-        "FASTDDS_DEFAULT_PROFILES_FILE", str(share / "config" / "fastdds_large_images.xml")
-    )
+    from svlm_ros.node.transport_monitor import PROFILE_VARIABLES
+
+    for variable in PROFILE_VARIABLES:
+        os.environ.setdefault(variable, str(share / "config" / "fastdds_large_images.xml"))
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, qos_profile_sensor_data

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from svlm_ros.node.transport_monitor import with_profile, without_profile
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -142,11 +144,11 @@ def run_setting(setting: Setting, arguments, model_path: Path, work: Path) -> st
 
     share = Path(get_package_share_directory("svlm_ros"))
     profile = str(share / "config" / "fastdds_large_images.xml")
-    base_env = {k: v for k, v in os.environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+    base_env = without_profile(os.environ)
     namespace = "/transport_bench"
     narrator_env = dict(base_env, ROS_HOME=str(work / "ros_home"))
     if setting.profile_narrator:
-        narrator_env["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
+        narrator_env = with_profile(narrator_env, profile)
     narrator = subprocess.Popen(
         [
             str(Path(get_package_prefix("svlm_ros")) / "lib" / "svlm_ros" / "narrator"),
@@ -190,7 +192,7 @@ def run_setting(setting: Setting, arguments, model_path: Path, work: Path) -> st
             executor.spin_once(timeout_sec=0.2)
         publisher_env = dict(base_env, ROS_HOME=str(work / "ros_home"))
         if setting.profile_publisher:
-            publisher_env["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
+            publisher_env = with_profile(publisher_env, profile)
         camera = subprocess.Popen(
             [
                 sys.executable, "-m", "svlm_ros.benchmarks.transport_bench", "--publish",

@@ -142,23 +142,29 @@ class CameraGroup:
 
     # ----- rounds ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def run_rounds(self, seconds: list[SecondOfFrames | None]) -> list[RoundResult | None]:
-        """Run the rounds of the cameras whose ``seconds[i]`` is given, decoding them together.
+    def run_rounds(self, seconds: list[SecondOfFrames | None],
+                   questions: list[str] | None = None) -> list[RoundResult | None]:
+        """Run the rounds of the cameras whose ``seconds[i]`` is given, decoding them together;
+        ``questions[i]`` (optional, '' for none) is asked in camera ``i``'s round as
+        ``StreamingSession.run_round`` takes one.
 
         Returns one ``RoundResult`` (or None where no second was given) per camera. If any due
         camera is interrupted the call raises ``GenerationInterrupted`` before touching any
         camera; a failure (or an interrupt) later rolls back every opened round as
         ``run_round`` does (their evictions stand, as in ``run_round``).
         """
-        if len(seconds) != self.cameras:
-            raise ValueError(f"need one entry per camera ({self.cameras}), got {len(seconds)}")
+        questions = questions or [""] * self.cameras
+        if len(seconds) != self.cameras or len(questions) != self.cameras:
+            raise ValueError(f"need one second and question per camera ({self.cameras}), got "
+                             f"{len(seconds)} and {len(questions)}")
         due = [index for index, second in enumerate(seconds) if second is not None]
         for index in due:  # before any camera evicts: an interrupted group changes nothing
             self.sessions[index].check_interrupted()
         opened = {}
         try:
             for index in due:
-                opened[index] = self.sessions[index].open_round(seconds[index])
+                opened[index] = self.sessions[index].open_round(seconds[index],
+                                                                question=questions[index])
             turns = self._decode_together(opened)
         except BaseException:
             for index, state in opened.items():

@@ -361,9 +361,7 @@ class StreamingSession:
             )
         question = question.strip()
         question_tokens = len(self.check_question(question)) if question else 0
-        if question and any(span.question_tokens for span in
-                            self.policy.rounds[self.policy.rounds_to_evict(1):]):
-            # The cache has room for one question held in the window (besides an ask).
+        if question and not self.can_hold_question():
             raise ValueError("a question asked in an earlier second is still in the vision "
                              "window; ask() answers without holding the question")
         self.check_interrupted()
@@ -461,6 +459,13 @@ class StreamingSession:
             },
             answer=answer,
         )
+
+    def can_hold_question(self) -> bool:
+        """Whether the next round may take a question (``run_round(question=...)``): the
+        cache has room for one question held in the vision window (besides an ask), so not
+        while an earlier second's question is still in it."""
+        return not any(span.question_tokens
+                       for span in self.policy.rounds[self.policy.rounds_to_evict(1):])
 
     def check_question(self, question: str) -> list[int]:
         """The question's ids, refused when longer than ``max_question_tokens``."""

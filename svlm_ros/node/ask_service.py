@@ -3,8 +3,11 @@
 The service has its own mutually exclusive callback group: one ask at a time, and asks
 never occupy more than one executor thread. The answer itself is decoded on the narration
 worker's thread, like every round (CUDA-graph trees are per thread: an ask decoded here would
-record a second tree and memory pool): the service hands it over (``submit``) and waits for
-it. The worker runs it after the round in progress, so an ask waits at most for that round.
+record a second tree and memory pool). With ``ask_mode: inline`` (the checkpoint's format) the
+question is held for the camera's next round (``hold``), which answers it before narrating its
+second; when no round takes it within ``ask_round_wait`` seconds it is withdrawn and answered
+between rounds. With ``ask_mode: between`` the service hands the answer over at once
+(``submit``); the worker runs it after the round in progress.
 Every request gets a response: refusals come back as ``success=false`` with the reason, also
 for an ask waiting when the node deactivates or stops (refused at once, not answered later).
 """
@@ -15,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from svlm_ros.engine.streaming_session import Answer, GenerationInterrupted
 from svlm_ros.msg import Answer as AnswerMessage
+from svlm_ros.node.held_questions import HeldQuestions
 from svlm_ros.node.streams import CameraStream, Streams
 from svlm_ros.node.worker_jobs import JobRefused
 from svlm_ros.srv import Ask
@@ -59,6 +64,9 @@ class AskService:
         lifecycle_state: Returns the node's lifecycle state label (for refusals).
         submit: Hands a job to the narration worker's thread; returns its future
             (``NarrationWorker.jobs.submit``).
+        held: The questions held for the cameras' next rounds
+            (``NarrationWorker.held_questions``).
+        wake: Makes the narration worker look for due rounds now.
     """
 
     def __init__(
@@ -68,10 +76,14 @@ class AskService:
         values: Mapping[str, Any],
         lifecycle_state: Callable[[], str],
         submit: Callable[[Callable[[], Answer]], Future],
+        held: HeldQuestions,
+        wake: Callable[[], None],
     ) -> None:
         self._node = node
         self._lifecycle_state = lifecycle_state
         self._submit = submit
+        self._held = held
+        self._wake = wake
         self._streams = streams
         self._values = values
         self._lock = threading.Lock()
@@ -133,11 +145,10 @@ class AskService:
                     f"question is {len(question)} characters, far more than "
                     f"max_question_tokens={budget} tokens"
                 )
-            try:
-                answer = self._submit(lambda: self._answer(camera, question, activation)
-                                      ).result()
-            except JobRefused as refusal:  # deactivated or stopping before it started
-                raise AskRefused(str(refusal)) from refusal
+            if self._values["ask_mode"] == "inline":
+                answer = self._answer_in_round(camera, question, activation)
+            else:
+                answer = self._answer_between(camera, question, activation)
             with streams.publish_lock:
                 if not streams.still_active(activation):
                     raise AskRefused(DEACTIVATED)
@@ -155,8 +166,38 @@ class AskService:
             self._answered += 1
         return response
 
+    def _answer_in_round(self, camera: CameraStream, question: str, activation: int
+                         ) -> Answer:
+        """Hold the question for the camera's next round and wait for its answer; answer
+        between rounds when no round takes it within ``ask_round_wait`` seconds."""
+        session = camera.session
+        if session is not None and not session.can_hold_question():
+            # An earlier question is still in the vision window: no round would take this one
+            # (read without the model lock: at worst a round answers it between rounds).
+            return self._answer_between(camera, question, activation)
+        name = camera.spec.name
+        future = self._held.hold(name, question)
+        self._wake()
+        try:
+            try:
+                return future.result(timeout=self._values["ask_round_wait"])
+            except FutureTimeout:
+                if self._held.withdraw(name, future):
+                    return self._answer_between(camera, question, activation)
+                return future.result()  # a round took it: its answer is coming
+        except (JobRefused, ValueError, GenerationInterrupted) as error:
+            raise self._refusal(camera, error, activation) from error
+
+    def _answer_between(self, camera: CameraStream, question: str, activation: int
+                        ) -> Answer:
+        """Hand the answer to the narration worker and wait for it."""
+        try:
+            return self._submit(lambda: self._answer(camera, question, activation)).result()
+        except JobRefused as refusal:  # deactivated or stopping before it started
+            raise AskRefused(str(refusal)) from refusal
+
     def _answer(self, camera: CameraStream, question: str, activation: int) -> Answer:
-        """Decode the answer (on the narration worker's thread)."""
+        """Decode the answer between rounds (on the narration worker's thread)."""
         streams = self._streams
         with streams.model_lock:
             if not streams.still_active(activation):
@@ -166,12 +207,19 @@ class AskService:
                 raise AskRefused(streams.error if streams.down else "model not loaded")
             try:
                 return session.ask(question)
-            except ValueError as error:  # empty, too long, nothing narrated yet
-                raise AskRefused(f"camera {camera.spec.name}: {error}") from error
-            except GenerationInterrupted as error:
-                if not streams.still_active(activation):
-                    raise AskRefused(DEACTIVATED) from error
-                raise AskRefused("the narrator is stopping; ask again later") from error
+            except (ValueError, GenerationInterrupted) as error:
+                raise self._refusal(camera, error, activation) from error
+
+    def _refusal(self, camera: CameraStream, error: Exception, activation: int) -> AskRefused:
+        """What the asker is told about an answer that failed with ``error``."""
+        if isinstance(error, JobRefused):  # deactivated or stopping before it started
+            return AskRefused(str(error))
+        if isinstance(error, GenerationInterrupted):
+            if not self._streams.still_active(activation):
+                return AskRefused(DEACTIVATED)
+            return AskRefused("the narrator is stopping; ask again later")
+        # Empty, too long, nothing narrated yet.
+        return AskRefused(f"camera {camera.spec.name}: {error}")
 
     def _publish(self, camera: CameraStream, question: str, answer: Answer,
                  started: float) -> AnswerMessage:

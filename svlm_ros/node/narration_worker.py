@@ -20,10 +20,13 @@ When no round is due it runs one due watch question (``watcher.Watcher``: one qu
 one camera), so a round that falls due waits for at most one evaluation.
 
 All model work runs on this thread (CUDA-graph trees are per thread): rounds, stream rebuilds,
-watch questions and the asks the ask service hands over (``worker_jobs.WorkerJobs``): one ask
-runs after each round, so an ask waits at most for the round in progress, and narration is
-delayed by at most one answer. A failed round is rolled back by the engine, logged and
-counted; the worker goes on.
+watch questions and the asks the ask service hands over. An ask in the checkpoint's format
+(``ask_mode: inline``) is held for its camera's next round (``held_questions.HeldQuestions``):
+the round takes it after its time text and answers it first, and the answer goes back through
+the ask's future. An ask between rounds (``worker_jobs.WorkerJobs``) runs after each round, so
+it waits at most for the round in progress, and narration is delayed by at most one answer.
+A failed round is rolled back by the engine, logged and counted; the worker goes on (a
+question it held gets the error).
 
 Deactivation (``deactivate``) interrupts the round or answer in progress (it stops at its next
 token and is rolled back) and refuses the asks not started; a result of a round that started
@@ -41,8 +44,10 @@ from rclpy.lifecycle import LifecycleNode
 from std_msgs.msg import String
 
 from svlm_ros.engine.frame_sampler import SecondOfFrames
-from svlm_ros.engine.streaming_session import GenerationInterrupted, RoundResult
+from svlm_ros.engine.stream_config import Answer
+from svlm_ros.engine.streaming_session import GenerationInterrupted, RoundResult, StreamingSession
 from svlm_ros.msg import Narration
+from svlm_ros.node.held_questions import HeldQuestion, HeldQuestions
 from svlm_ros.node.stamps import seconds_to_stamp
 from svlm_ros.node.streams import CameraStream, StreamRebuildFailed, Streams, StreamsDown
 from svlm_ros.node.watcher import Watcher
@@ -88,6 +93,8 @@ class NarrationWorker:
         self._wake = threading.Event()
         #: Model work other threads hand to this thread (asks).
         self.jobs = WorkerJobs(self.wake)
+        #: Questions held for each camera's next round (``ask_mode: inline``).
+        self.held_questions = HeldQuestions()
         # Threads that outlived stop()'s join: the node must not be destroyed under them.
         self._outlived: list[threading.Thread] = []
         # Each thread gets its own stop event: a thread that outlived stop()'s join (stuck in
@@ -122,6 +129,7 @@ class NarrationWorker:
         progress stops at its next token and is discarded; asks not started are refused."""
         self._streams.set_active(False)
         self.jobs.refuse_pending(reason)
+        self.held_questions.refuse_all(reason)
 
     def request_rebuild(self, reason: str) -> None:
         """Ask the thread to restart the streams with the current values (from any thread)."""
@@ -150,6 +158,7 @@ class NarrationWorker:
         self._stop.set()
         self._wake.set()
         self.jobs.close(reason)
+        self.held_questions.refuse_all(reason)
         # A round or an answer in progress stops at its next token, so stopping takes at
         # most one decoding step instead of up to max_answer_tokens of them.
         self._streams.interrupt()
@@ -243,15 +252,57 @@ class NarrationWorker:
             session = camera.session
             if session is None or not streams.still_active(activation):
                 return False
+            second, skipped = session.sampler.pop_ready(latest_only=True)
+            camera.stats.record_skipped(skipped)
+            if second is None:
+                return False
+            held = self._take_question(camera, session)
             try:
-                result, skipped = session.run_pending(latest_only=True)
+                result = session.run_round(second, question=held.question if held else "")
+                self._settle(held, session, result)
             except Exception as error:  # noqa: BLE001 - one bad round must not end narration
+                self._settle(held, session, error)
                 self._round_failed(camera, error, activation)
                 return False
-        camera.stats.record_skipped(skipped)
-        if result is None:
-            return False
         return self._publish_all([(camera, result)], time.perf_counter() - started, activation)
+
+    def _take_question(self, camera: CameraStream, session: StreamingSession
+                       ) -> HeldQuestion | None:
+        """The question held for the camera's next round, if that round can take it (model
+        lock held). One it cannot take is settled here: refused when too long, answered
+        between rounds while an earlier question still fills the vision window."""
+        held = self.held_questions.take(camera.spec.name)
+        if held is None:
+            return None
+        try:
+            session.check_question(held.question)
+            if session.can_hold_question():
+                return held
+            held.future.set_result(session.ask(held.question))
+        except Exception as error:  # noqa: BLE001 - goes back to the asker
+            held.future.set_exception(error)
+        return None
+
+    @staticmethod
+    def _settle(held: HeldQuestion | None, session: StreamingSession,
+                outcome: RoundResult | BaseException) -> None:
+        """Give a held question's asker the round's answer, or its error. A round that
+        answered nothing before its narration (a model that did not learn the format) leaves
+        the question in the stream, and the asker gets an answer between rounds."""
+        if held is None:
+            return
+        if isinstance(outcome, BaseException):
+            held.future.set_exception(outcome)
+            return
+        try:
+            tokens = len(session.check_question(held.question))
+            if outcome.answer:
+                held.future.set_result(Answer(outcome.answer, tokens, outcome.generated_tokens,
+                                              outcome.timings_ms["total"] / 1e3))
+            else:
+                held.future.set_result(session.ask(held.question))
+        except Exception as error:  # noqa: BLE001 - goes back to the asker
+            held.future.set_exception(error)
 
     def _wait_timeout(self) -> float:
         """Seconds to sleep until the next look: shorter while a batch is being gathered."""
@@ -298,14 +349,21 @@ class NarrationWorker:
                                                               strict=True) if second is not None]
             if not due:
                 return False
+            held = {camera.spec.name: self._take_question(camera, camera.session)
+                    for camera, _ in due}
+            questions = [held[camera.spec.name].question if held.get(camera.spec.name) else ""
+                         for camera in streams.cameras]
             try:
-                results = group.run_rounds(seconds)
+                results = group.run_rounds(seconds, questions)
                 outcome = [(camera, result) for camera, result in zip(streams.cameras, results,
                                                                       strict=True)
                            if result is not None]
+                for camera, result in outcome:
+                    self._settle(held[camera.spec.name], camera.session, result)
             except GenerationInterrupted as error:  # stopping: no camera runs again
                 outcome = []
                 for camera, _ in due:
+                    self._settle(held[camera.spec.name], camera.session, error)
                     self._round_failed(camera, error, activation)
             except Exception as error:  # noqa: BLE001 - retried camera by camera below
                 # run_rounds rolled every opened round back: run each alone, so that only
@@ -316,9 +374,14 @@ class NarrationWorker:
                 )
                 outcome = []
                 for camera, second in due:
+                    question = held[camera.spec.name]
                     try:
-                        outcome.append((camera, camera.session.run_round(second)))
+                        result = camera.session.run_round(
+                            second, question=question.question if question else "")
+                        outcome.append((camera, result))
+                        self._settle(question, camera.session, result)
                     except Exception as alone:  # noqa: BLE001 - as in _run_round
+                        self._settle(question, camera.session, alone)
                         self._round_failed(camera, alone, activation)
         return self._publish_all(outcome, time.perf_counter() - started, activation)
 

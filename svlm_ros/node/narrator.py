@@ -96,7 +96,8 @@ class NarratorNode(LifecycleNode):
         )
         self._intake = CameraIntake(self, self._streams, self._values, self._worker.wake)
         self._asks = AskService(self, self._streams, self._values, self.lifecycle_state,
-                                self._worker.jobs.submit)
+                                self._worker.jobs.submit, self._worker.held_questions,
+                                self._worker.wake)
         self._status = StatusReporter(
             self, self._streams, self._asks, self._values, self.lifecycle_state
         )

@@ -36,6 +36,7 @@ from svlm_ros.engine.static_prefill import PREFILL_PATHS
 from svlm_ros.engine.streaming_session import StreamConfig
 from svlm_ros.engine.vision_input import PATCH_FACTOR
 from svlm_ros.node.camera_specs import TRANSPORT_CHOICES, camera_specs
+from svlm_ros.node.held_questions import ASK_PARAMETERS
 from svlm_ros.node.watch_events import WATCH_PARAMETERS, watch_problems
 
 RELIABILITY_CHOICES = ("auto", "best_effort", "reliable")
@@ -280,7 +281,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("max_pending_seconds", 4, "Completed seconds queued per camera before the oldest is "
           "dropped; the worker always narrates the newest and skips the rest.",
           restarts_stream=True, minimum=1, maximum=600),
-    # --- watch questions (may be set while running; watch_events.py holds the rows) ----------
+    # --- asks and watch questions (may be set while running; rows in their modules) ---------
+    *(_spec(name, default, text, **options) for name, default, text, options in ASK_PARAMETERS),
     *(_spec(name, default, text, **options) for name, default, text, options in WATCH_PARAMETERS),
 )
 

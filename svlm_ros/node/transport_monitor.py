@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: Stamp differences longer than this (s) are stalls, not lost frames.
@@ -112,9 +113,24 @@ class ArrivalMonitor:
         return ArrivalFigures(stamp_rate, stamp_rate * (1.0 - lost), lost, message_bytes)
 
 
+#: Where Fast DDS looks for an XML profile: FASTRTPS_DEFAULT_PROFILES_FILE up to Fast DDS 2.x
+#: (Humble, Jazzy), FASTDDS_DEFAULT_PROFILES_FILE from 3.0 (Kilted). Each release ignores the
+#: other's name, so a profile meant to work on every distro is given under both.
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 #: The fix for raw images larger than Fast DDS's default segment, said by both warnings.
-PROFILE_FIX = ("start the camera with FASTDDS_DEFAULT_PROFILES_FILE set to svlm_ros's "
+PROFILE_FIX = ("start the camera with FASTDDS_DEFAULT_PROFILES_FILE (Kilted) or "
+               "FASTRTPS_DEFAULT_PROFILES_FILE (Humble, Jazzy) set to svlm_ros's "
                "config/fastdds_large_images.xml")
+
+
+def with_profile(environment: dict[str, str], profile: str) -> dict[str, str]:
+    """``environment`` with the Fast DDS profile ``profile`` set for every distro."""
+    return dict(environment, **dict.fromkeys(PROFILE_VARIABLES, profile))
+
+
+def without_profile(environment: Mapping[str, str]) -> dict[str, str]:
+    """``environment`` with no Fast DDS profile variable."""
+    return {k: v for k, v in environment.items() if k not in PROFILE_VARIABLES}
 #: A publisher matched this long with too few frames for an estimate is reported (s).
 STARVED_SECONDS = 10.0
 

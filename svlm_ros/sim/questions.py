@@ -9,7 +9,8 @@ an answer is right when it names that word and no other of its kind.
 * ``What shape was the last one that left?``
 * ``What colour was the shape that left to the right?`` (the latest to leave on that side)
 
-The evaluation asks them at the end of every pause (the leaving is then over a minute old);
+The evaluation asks them near the end of every pause (the leaving is then nearly a minute
+old or more);
 training asks them at random seconds (``training_questions``), so the narrator learns to
 answer from its cache.
 """
@@ -60,16 +61,27 @@ def questions_at(world: World, second: int, *, min_age: int) -> list[MemoryQuest
     return questions
 
 
-def pause_end_questions(world: World, seconds: int, *, min_age: int = 60
+#: ``pause_end_questions`` asks the shape question this many seconds before a pause ends and
+#: the colour question at its end: a question is held in the stream's vision window (16 s by
+#: default) and the next one waits until it has left, so the two are asked that far apart.
+SHAPE_QUESTION_LEAD = 20
+
+
+def pause_end_questions(world: World, seconds: int, *, min_age: int = 50
                         ) -> list[MemoryQuestion]:
-    """The last-left colour and shape questions at the end of every pause of the first
-    ``seconds`` seconds, whose leaving is at least ``min_age`` seconds old (long out of the
-    vision window: the answer is only in the previous text)."""
+    """The last-left shape question ``SHAPE_QUESTION_LEAD`` seconds before the end of every
+    pause of the first ``seconds`` seconds and the last-left colour question at its end, about
+    a leaving at least ``min_age`` seconds old (long out of the vision window: the answer is
+    only in the previous text)."""
     questions = []
-    for asked in range(seconds):
-        if world.in_pause(asked) and not world.in_pause(asked + 1):
-            questions += [q for q in questions_at(world, asked, min_age=min_age)
-                          if "last" in q.question]
+    for end in range(seconds):
+        if not (world.in_pause(end) and not world.in_pause(end + 1)):
+            continue
+        for asked, about in ((end - SHAPE_QUESTION_LEAD, "What shape"),
+                             (end, "What colour")):
+            if world.in_pause(asked):
+                questions += [q for q in questions_at(world, asked, min_age=min_age)
+                              if q.question.startswith(about) and "last" in q.question]
     return questions
 
 

@@ -15,6 +15,8 @@ from svlm_ros.engine.streaming_session import GenerationInterrupted, StreamingSe
 
 SAMPLED = SamplingConfig(temperature=0.9, top_p=0.9, repetition_penalty=1.05, seed=3)
 DUE = [(0, 1, 2)] * 3 + [(0, 2)] + [(0, 1, 2)] * 2 + [(1,)] + [(0, 1, 2)] * 2
+# (step, camera) whose round is asked a question in the checkpoint's inline format.
+ASKED = {(3, 2): "What moved?", (5, 0): "Which colour?"}
 
 
 def _prime(cameras):
@@ -45,8 +47,9 @@ def _alone(loaded, config):
     for step, due in enumerate(DUE):
         seconds = _seconds(cameras)
         for index in due:
-            result = sessions[index].run_round(seconds[index])
-            texts[index].append(result.text)
+            result = sessions[index].run_round(seconds[index],
+                                               question=ASKED.get((step, index), ""))
+            texts[index].append((result.answer, result.text))
             logits[index].append(sessions[index].last_round_logits)
         if step == 4:
             texts[1].append(sessions[1].ask("What is on the table?").text)
@@ -60,11 +63,12 @@ def _grouped(loaded, config, graph_factory=None):
     texts, logits = [[] for _ in range(3)], [[] for _ in range(3)]
     for step, due in enumerate(DUE):
         seconds = _seconds(cameras)
-        results = group.run_rounds([s if i in due else None for i, s in enumerate(seconds)])
+        results = group.run_rounds([s if i in due else None for i, s in enumerate(seconds)],
+                                   [ASKED.get((step, index), "") for index in range(3)])
         for index in range(3):
             assert (results[index] is not None) == (index in due)
             if results[index] is not None:
-                texts[index].append(results[index].text)
+                texts[index].append((results[index].answer, results[index].text))
                 logits[index].append(group.sessions[index].last_round_logits)
         if step == 4:
             texts[1].append(group.sessions[1].ask("What is on the table?").text)
@@ -131,3 +135,24 @@ def test_group_refuses_caches_that_do_not_fit(two_layer, monkeypatch):
     monkeypatch.setattr(StreamingSession, "free_memory", lambda self: 1000)
     with pytest.raises(ValueError, match="KV caches of 3 cameras"):
         CameraGroup(two_layer, small_config(), cameras=3)
+
+
+def test_a_question_in_a_round_holds_the_room_until_it_leaves_the_window(two_layer):
+    session = StreamingSession(two_layer, small_config(window=2))
+    camera = SyntheticCamera(seed=4)
+    _prime([(camera, session)])
+    assert session.can_hold_question()
+    session.run_round(_seconds([(camera, session)])[0], question="What moved?")
+    assert any(span.question_tokens for span in session.policy.rounds)
+    # One question in the vision window at a time: the next round may not take one.
+    assert not session.can_hold_question()
+    with pytest.raises(ValueError, match="still in the vision window"):
+        session.run_round(_seconds([(camera, session)])[0], question="And now?")
+    # The refused round changed nothing; plain rounds go on until the question is evicted.
+    rounds = 0
+    while not session.can_hold_question():
+        session.run_round(_seconds([(camera, session)])[0])
+        rounds += 1
+    # The question's second and one more fill the 2-second window; the next round evicts it.
+    assert rounds == 1
+    session.run_round(_seconds([(camera, session)])[0], question="And now?")

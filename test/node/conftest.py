@@ -16,19 +16,22 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from ros_helpers import NodeProcess, installed_executable, installed_share
 
+from svlm_ros.node.transport_monitor import PROFILE_VARIABLES
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Raw 640x480 frames (900 KB) between processes are mostly lost with Fast DDS's default
     # 512 KB shared-memory segment (best effort). The installed profile enlarges the segment
     # of every participant these tests start, in this process and in the nodes it spawns.
     # It must be set before the first participant exists, hence here.
-    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
+    # Fast DDS 2.x (Jazzy) and 3.x (Kilted) read the profile from differently named variables.
+    if not any(variable in os.environ for variable in PROFILE_VARIABLES):
         try:
             profile = installed_share("svlm_ros") / "config" / "fastdds_large_images.xml"
         except (KeyError, LookupError, ValueError):  # package not built: tests will say so
             return
         if profile.is_file():
-            os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+            os.environ.update(dict.fromkeys(PROFILE_VARIABLES, str(profile)))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -30,7 +30,7 @@ from sensor_msgs.msg import Image
 
 from svlm_ros.engine.camera_group import CameraGroup
 from svlm_ros.engine.model_settings import ModelSettings, write_settings
-from svlm_ros.engine.streaming_session import GenerationInterrupted
+from svlm_ros.engine.streaming_session import GenerationInterrupted, StreamingSession
 from svlm_ros.msg import Narration, NarratorStatus
 from svlm_ros.node import narration_worker
 from svlm_ros.node.narrator import NarratorNode
@@ -402,9 +402,9 @@ def batch_sizes(monkeypatch) -> list[int]:
     sizes: list[int] = []
     run_rounds = CameraGroup.run_rounds
 
-    def counting(self, seconds):
+    def counting(self, seconds, questions=None):
         sizes.append(sum(second is not None for second in seconds))
-        return run_rounds(self, seconds)
+        return run_rounds(self, seconds, questions)
 
     monkeypatch.setattr(CameraGroup, "run_rounds", counting)
     return sizes
@@ -485,6 +485,101 @@ def test_an_interrupted_batch_is_not_rerun_camera_by_camera(running, monkeypatch
                       "interrupted rounds on both cameras")
     assert alone == []
     assert all("GenerationInterrupted" in c.stats.last_round_error for c in streams.cameras)
+
+
+# ----- asks in the checkpoint's format (ask_mode: inline) -------------------------------------
+
+
+@pytest.fixture
+def round_questions(monkeypatch) -> list[tuple[str, str]]:
+    """``(question, answer)`` of every round run with a question, in order."""
+    rounds: list[tuple[str, str]] = []
+    run_round = StreamingSession.run_round
+
+    def recording(self, second, forced_ids=None, *, question=""):
+        result = run_round(self, second, forced_ids, question=question)
+        if question:
+            rounds.append((question, result.answer))
+        return result
+
+    monkeypatch.setattr(StreamingSession, "run_round", recording)
+    return rounds
+
+
+def test_an_inline_ask_is_answered_by_the_next_round(running, round_questions):
+    # Issue 16 item 7: the checkpoint was trained on questions inside a second's user turn,
+    # answered first in that second's text; the node asked in a turn of its own.
+    narrator = running(vision_window_seconds=4)
+    narrator.start()
+    narrator.feed()
+    narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
+    ask = narrator.client.create_client(Ask, f"{narrator.namespace}/ask")
+    before = len(narrator.narrations)
+    response = narrator.call(ask, Ask.Request(question="What is there?"), timeout=30.0)
+    assert response is not None and response.success, response
+    assert [question for question, _ in round_questions] == ["What is there?"]
+    answer = round_questions[0][1]
+    if answer:  # a random tiny model may say nothing before its narration: then between
+        assert response.answer == answer
+    session = narrator.camera_stream.session
+    assert any(span.question_tokens for span in session.policy.rounds)
+    # The round that answered was narrated and published as any other.
+    narrator.wait_for(lambda: len(narrator.narrations) > before, 10.0, "the round's narration")
+    # The question fills the vision window's room for one: the next ask is answered between
+    # rounds, and no round holds it.
+    assert not session.can_hold_question()
+    second = narrator.call(ask, Ask.Request(question="And now?"), timeout=30.0)
+    assert second is not None and second.success, second
+    assert [question for question, _ in round_questions] == ["What is there?"]
+    # Once that second left the vision window (4 s), a round takes questions again.
+    narrator.wait_for(lambda: session.can_hold_question(), 30.0, "the question to leave")
+    third = narrator.call(ask, Ask.Request(question="Anything new?"), timeout=30.0)
+    assert third is not None and third.success, third
+    assert [question for question, _ in round_questions][-1] == "Anything new?"
+
+
+def test_an_inline_ask_without_rounds_is_answered_between_after_the_wait(running,
+                                                                         round_questions):
+    narrator = running(ask_round_wait=0.5)
+    narrator.start()  # no frames: no round will take the question
+    ask = narrator.client.create_client(Ask, f"{narrator.namespace}/ask")
+    refused = narrator.call(ask, Ask.Request(question="What is there?"), timeout=30.0)
+    assert refused is not None and not refused.success
+    assert "no frames have been narrated yet" in refused.message
+    assert refused.latency >= 0.5  # it waited for a round first
+    assert round_questions == []
+    # Withdrawn: a round that comes later does not take it.
+    assert narrator.node._worker.held_questions.take("camera") is None
+
+
+def test_ask_mode_between_never_puts_a_question_into_a_round(running, round_questions):
+    narrator = running(ask_mode="between")
+    narrator.start()
+    narrator.feed()
+    narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
+    ask = narrator.client.create_client(Ask, f"{narrator.namespace}/ask")
+    response = narrator.call(ask, Ask.Request(question="What is there?"), timeout=30.0)
+    assert response is not None and response.success, response
+    assert round_questions == []
+    assert not any(span.question_tokens for span in narrator.camera_stream.session.policy.rounds)
+
+
+def test_a_held_question_is_refused_when_the_node_deactivates(running):
+    narrator = running(ask_round_wait=30.0)
+    narrator.start()  # no frames: the question stays held
+    ask = narrator.client.create_client(Ask, f"{narrator.namespace}/ask")
+    assert ask.wait_for_service(timeout_sec=10.0)
+    future = ask.call_async(Ask.Request(question="What is there?"))
+    held = narrator.node._worker.held_questions
+    deadline = time.monotonic() + 10.0
+    while not len(held):  # the service thread holds it shortly
+        assert time.monotonic() < deadline, "the question was never held"
+        time.sleep(0.02)
+    narrator.node.trigger_deactivate()
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    assert done.wait(10.0), "the held ask was not answered on deactivation"
+    assert not future.result().success and "deactivated" in future.result().message
 
 
 # ----- a model's svlm_settings.json ----------------------------------------------------------

@@ -21,6 +21,7 @@ from svlm_ros.node.transport_monitor import (
     ArrivalMonitor,
     StarvationWatch,
     explain,
+    without_profile,
 )
 
 RATE = 30.0
@@ -157,7 +158,7 @@ def test_a_default_camera_losing_raw_frames_gets_a_warning_naming_cause_and_fix(
         harness.wait_for(
             lambda: (s := harness.latest_status()) and s.state == "active", 90.0, "active"
         )
-        camera_env = {k: v for k, v in os.environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+        camera_env = without_profile(os.environ)
         camera_env["ROS_HOME"] = str(tmp_path)
         camera_log_path = tmp_path / "camera.log"
         with camera_log_path.open("w") as camera_log:  # the child keeps its own copy

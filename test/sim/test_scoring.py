@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from svlm_ros.sim.questions import (
+    SHAPE_QUESTION_LEAD,
     answer_is_right,
     pause_end_questions,
     questions_at,
@@ -50,8 +53,9 @@ def test_event_words_must_all_match_but_wording_around_them_may_differ(world):
 
 def test_memory_questions_point_minutes_back_and_answers_are_checked(world):
     questions = pause_end_questions(world, 7200, min_age=60)
-    assert len(questions) >= 20  # two at the end of most pauses (every 5 minutes)
+    assert len(questions) >= 20  # two near the end of most pauses (every 5 minutes)
     for question in questions:
+        assert world.in_pause(question.second)
         leaves = [e for e in world.events(question.second + 1) if e.kind == "leaves"]
         wanted = leaves[-1].colour if "colour" in question.question else leaves[-1].shape
         assert wanted == question.answer
@@ -62,6 +66,9 @@ def test_memory_questions_point_minutes_back_and_answers_are_checked(world):
         if "colour" in question.question:
             other = "red" if question.answer != "red" else "blue"
         assert not answer_is_right(question, f"{question.answer} or {other}")
+    # Asked inline, a question stays in the vision window (16 s): the next comes later.
+    seconds = [q.second for q in questions]
+    assert all(b - a >= SHAPE_QUESTION_LEAD > 16 for a, b in itertools.pairwise(seconds))
 
 
 def test_side_questions_name_the_latest_shape_to_leave_that_way(world):

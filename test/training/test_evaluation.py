@@ -111,11 +111,20 @@ def test_eval_asks_questions_and_runs_the_cache_ablations(tmp_path, tiny_model_p
         answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
         assert [(a["second"], a["question"]) for a in answers] == [
             (2.0, "what colour is the card?"), (5.0, "and now?")]
+        # Inline (the default): each question went into the next second's round, whose
+        # transcript row says so.
+        assert [a["round"] for a in answers] == [3.0, 6.0]
         settings = json.loads((out / "scores.json").read_text())["settings"]["cache"]
         assert settings["attention_sink"] == (name != "sliding")
         assert settings["contiguous_positions"] == (name != "native")
         rows = [json.loads(x) for x in (out / "transcript.jsonl").read_text().splitlines()]
         transcripts[name] = rows
+    # Between rounds: answered at once from the cache, no round holds a question.
+    out = tmp_path / "between"
+    assert main([*base, "--out", str(out), "--questions", str(questions),
+                 "--question-mode", "between"]) == 0
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert [(a["second"], "round" in a) for a in answers] == [(2.0, False), (5.0, False)]
     # Without the sink the cache holds fewer tokens once the first round has been evicted.
     assert (transcripts["sliding"][-1]["cache_tokens"]
             < transcripts["bounded"][-1]["cache_tokens"])

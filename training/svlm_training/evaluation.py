@@ -15,7 +15,8 @@ Writes (under a temporary name, renamed at the end) into ``--out``:
                        generated_tokens, cache_tokens, and with --text-topic: reference, chrf
     scores.json        chrF (sacrebleu), silence agreement, latency figures, settings
     eval.png           per-second chrF and step latency over stream time
-    answers.jsonl      with --questions: second, question, answer, latency (s)
+    answers.jsonl      with --questions: second (asked after), question, answer, latency (s),
+                       and inline: round (the second whose round answered)
 
 Ablations of the bounded cache (for experiments, not for robots): --no-attention-sink,
 --native-positions, and a --vision-window-seconds as long as the bag for full attention, which
@@ -119,11 +120,22 @@ def evaluate(args) -> dict:
             return bool(args.budget_seconds) and (time.perf_counter() - started
                                                   > args.budget_seconds)
 
+        # Inline questions wait here for the round after the second they follow, one a round.
+        waiting: list[tuple[int, str]] = []
+
         def narrate_pending() -> None:
             while not (args.max_seconds and len(rows) >= args.max_seconds) and not out_of_budget():
-                result, _ = session.run_pending()
-                if result is None:
+                second, _ = session.sampler.pop_ready()
+                if second is None:
                     return
+                asked = None
+                if waiting and waiting[0][0] < second.start and session.can_hold_question():
+                    asked = waiting.pop(0)
+                result = session.run_round(second, question=asked[1] if asked else "")
+                if asked:
+                    answers.append({"second": asked[0], "round": result.start,
+                                    "question": asked[1], "answer": result.answer,
+                                    "latency": result.timings_ms["total"] / 1e3})
                 row = {
                     "second": result.start,
                     "end": result.end,
@@ -139,6 +151,9 @@ def evaluate(args) -> dict:
                 rows.append(row)
                 progress.set_postfix(seconds=len(rows), refresh=False)
                 for question in questions.get(int(round(result.start)), []):
+                    if args.question_mode == "inline":
+                        waiting.append((int(round(result.start)), question))
+                        continue
                     answer = session.ask(question)  # leaves the stream as it was
                     answers.append({"second": result.start, "question": question,
                                     "answer": answer.text, "latency": answer.latency})
@@ -182,6 +197,12 @@ def evaluate(args) -> dict:
                 if last_stamp is not None:
                     session.sampler.close_until(last_stamp + args.period)
                 narrate_pending()
+        # Inline questions no round took (the stream ended first): answered between rounds,
+        # so every question gets an answer; "round" None says so.
+        for second, question in waiting:
+            answer = session.ask(question)
+            answers.append({"second": second, "round": None, "question": question,
+                            "answer": answer.text, "latency": answer.latency})
         wall = time.perf_counter() - started
     if not rows:
         raise BagError(f"{args.bag}: no complete second was narrated ({rejected} frames rejected)")
@@ -304,8 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many wall seconds, e.g. for full attention "
                         "(default 0: no budget)")
     p.add_argument("--questions", default=None,
-                   help="JSONL of {\"second\": N, \"question\": \"...\"}: asked through the "
-                        "session right after second N is narrated; answers in answers.jsonl")
+                   help="JSONL of {\"second\": N, \"question\": \"...\"}: asked after second N "
+                        "is narrated (see --question-mode); answers in answers.jsonl")
+    p.add_argument("--question-mode", choices=("inline", "between"), default="inline",
+                   help="inline (default, as StreamingVLM trains them): a question goes into the "
+                        "next second's round, before its video, and the answer is what that "
+                        "round says first (one question a round, none while an earlier one is "
+                        "still in the vision window: it waits); between: answered at once "
+                        "from the cache, without video, as ask() does")
     p.add_argument("--system-prompt", help="as the node (default: Qwen's)")
     p.add_argument("--instruction",
                    help=f"as the node (default {DEFAULT_INSTRUCTION!r}; '' for none)")
