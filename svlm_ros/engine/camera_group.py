@@ -32,6 +32,18 @@ from svlm_ros.engine.streaming_session import StreamingSession
 from svlm_ros.engine.turn_decoding import DecodedTurn
 
 
+class RoundsPartlyClosed(RuntimeError):
+    """A camera's round failed while closing after others had closed (those stand).
+
+    Attributes:
+        results: Per camera, the round that closed, or None (failed, rolled back or not due).
+    """
+
+    def __init__(self, results: list[RoundResult | None], error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.results = results
+
+
 class CameraGroup:
     """``cameras`` streaming sessions sharing one cache storage and a batched decode.
 
@@ -171,8 +183,16 @@ class CameraGroup:
                 self.sessions[index].rollback_round(state)
             raise
         results: list[RoundResult | None] = [None] * self.cameras
-        for index, state in opened.items():
-            results[index] = self.sessions[index].close_round(state, turns[index])
+        items = list(opened.items())
+        for position, (index, state) in enumerate(items):
+            try:  # a failed close rolls its own round back
+                results[index] = self.sessions[index].close_round(state, turns[index])
+            except BaseException as error:
+                for later, later_state in items[position + 1:]:
+                    self.sessions[later].rollback_round(later_state)
+                if any(result is not None for result in results):
+                    raise RoundsPartlyClosed(results, error) from error
+                raise
         return results
 
     def _decode_together(self, opened: dict) -> dict[int, DecodedTurn]:

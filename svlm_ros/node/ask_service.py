@@ -177,6 +177,10 @@ class AskService:
             return self._answer_between(camera, question, activation)
         name = camera.spec.name
         future = self._held.hold(name, question)
+        if not self._streams.still_active(activation) and self._held.withdraw(name, future):
+            # Deactivated between the checks and hold(): its refuse_all came too early to
+            # see this question, which must not go into a later activation's stream.
+            raise AskRefused(DEACTIVATED)
         self._wake()
         try:
             try:

@@ -43,6 +43,7 @@ from typing import Any
 from rclpy.lifecycle import LifecycleNode
 from std_msgs.msg import String
 
+from svlm_ros.engine.camera_group import RoundsPartlyClosed
 from svlm_ros.engine.frame_sampler import SecondOfFrames
 from svlm_ros.engine.stream_config import Answer
 from svlm_ros.engine.streaming_session import GenerationInterrupted, RoundResult, StreamingSession
@@ -366,14 +367,22 @@ class NarrationWorker:
                     self._settle(held[camera.spec.name], camera.session, error)
                     self._round_failed(camera, error, activation)
             except Exception as error:  # noqa: BLE001 - retried camera by camera below
-                # run_rounds rolled every opened round back: run each alone, so that only
-                # the camera whose round is bad loses its second.
+                # run_rounds rolled back every round that did not close: run those alone, so
+                # that only the camera whose round is bad loses its second. Rounds that closed
+                # (RoundsPartlyClosed) stand and are published.
+                closed = error.results if isinstance(error, RoundsPartlyClosed) else []
+                outcome = [(camera, result)
+                           for camera, result in zip(streams.cameras, closed, strict=False)
+                           if result is not None]
+                for camera, result in outcome:
+                    self._settle(held[camera.spec.name], camera.session, result)
+                retried = [(camera, second) for camera, second in due
+                           if all(camera is not done for done, _ in outcome)]
                 self._node.get_logger().warning(
                     f"batched round of {len(due)} cameras failed ({type(error).__name__}: "
-                    f"{error}); running them one by one"
+                    f"{error}); running {len(retried)} of them one by one"
                 )
-                outcome = []
-                for camera, second in due:
+                for camera, second in retried:
                     question = held[camera.spec.name]
                     try:
                         result = camera.session.run_round(

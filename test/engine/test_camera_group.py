@@ -9,7 +9,7 @@ import torch
 from engine_helpers import SyntheticCamera, small_config
 from test_gpu_path import ReplayOnCpu
 
-from svlm_ros.engine.camera_group import CameraGroup
+from svlm_ros.engine.camera_group import CameraGroup, RoundsPartlyClosed
 from svlm_ros.engine.decoding import SamplingConfig
 from svlm_ros.engine.streaming_session import GenerationInterrupted, StreamingSession
 
@@ -156,3 +156,23 @@ def test_a_question_in_a_round_holds_the_room_until_it_leaves_the_window(two_lay
     # The question's second and one more fill the 2-second window; the next round evicts it.
     assert rounds == 1
     session.run_round(_seconds([(camera, session)])[0], question="And now?")
+
+
+def test_a_failed_close_keeps_the_rounds_that_closed_and_rolls_back_the_rest(two_layer,
+                                                                             monkeypatch):
+    group = CameraGroup(two_layer, small_config(window=2), cameras=3)
+    cameras = _prime([(SyntheticCamera(seed=20 + i), s) for i, s in enumerate(group.sessions)])
+    group.run_rounds(_seconds(cameras))
+    before = [session.cache.length for session in group.sessions]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("camera 1 cannot close")
+
+    monkeypatch.setattr(group.sessions[1], "close_round", broken)
+    with pytest.raises(RoundsPartlyClosed) as raised:
+        group.run_rounds(_seconds(cameras))
+    results = raised.value.results
+    assert results[0] is not None and results[1] is None and results[2] is None
+    assert group.sessions[0].cache.length != before[0]  # camera 0's round stands
+    assert group.sessions[2].cache.length == before[2]  # camera 2's was rolled back
+    assert "camera 1 cannot close" in str(raised.value)

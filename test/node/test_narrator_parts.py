@@ -465,6 +465,32 @@ def test_a_bad_round_in_a_batch_costs_only_its_own_camera(running, monkeypatch):
     assert right.stats.round_errors == 0
 
 
+def test_rounds_that_closed_in_a_failed_batch_are_published_not_rerun(running, monkeypatch):
+    # Review: a close that failed after another camera's round had closed made the worker
+    # run every camera alone again: the closed one narrated its second twice.
+    narrator = running(batch_cameras="on", batch_gather_seconds=GATHER, **TWO_CAMERAS)
+    narrator.start()
+    left, right = narrator.node._streams.cameras
+    alone: list[str] = []
+    for camera in (left, right):
+        run_round = camera.session.run_round
+        monkeypatch.setattr(camera.session, "run_round",
+                            lambda *a, name=camera.spec.name, run=run_round, **k:
+                            alone.append(name) or run(*a, **k))
+
+    def broken(state, turn):  # as a real close that fails: its own round rolled back
+        right.session.rollback_round(state)
+        raise RuntimeError("right cannot close")
+
+    monkeypatch.setattr(right.session, "close_round", broken)
+    narrator.feed()
+    narrator.wait_for(lambda: _narrated(narrator, "left") >= 3, 60.0, "left's narrations")
+    assert "left" not in alone  # its batched rounds closed and were published as they were
+    assert right.stats.round_errors >= 1
+    stamps = [m.stream_time for m in narrator.narrations if m.camera == "left"]
+    assert len(stamps) == len(set(stamps)), stamps  # no second narrated twice
+
+
 def test_cameras_are_not_batched_on_the_cpu_by_default(running):
     narrator = running(**TWO_CAMERAS)
     narrator.start()
