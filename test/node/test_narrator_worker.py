@@ -40,7 +40,9 @@ def running(tiny_model_path):
     made: list[Running] = []
 
     def make(**overrides) -> Running:
-        made.append(Running(tiny_model_path, **overrides))
+        # These tests are about asks answered between rounds (the worker's job queue); asks
+        # held for a round (ask_mode inline, the default) are tested in test_narrator_parts.
+        made.append(Running(tiny_model_path, **{"ask_mode": "between", **overrides}))
         return made[-1]
 
     yield make
@@ -227,16 +229,16 @@ def test_deactivate_interrupts_the_round_in_progress_and_refuses_the_waiting_ask
     narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
     camera = narrator.camera_stream
     session = camera.session
-    run_pending = session.run_pending
+    run_round = session.run_round
     entered, release = threading.Event(), threading.Event()
 
     def held_round(*args, **kwargs):  # a long round: it goes on once released
-        if not entered.is_set() and session.sampler.pending:
+        if not entered.is_set():
             entered.set()
             release.wait(20.0)
-        return run_pending(*args, **kwargs)
+        return run_round(*args, **kwargs)
 
-    session.run_pending = held_round
+    session.run_round = held_round
     assert entered.wait(20.0), "no round started"
     ask = _ask_async(narrator, "What is there?")
     narrator.wait_for(lambda: _asks_waiting(narrator) >= 1, 10.0, "the ask waiting")
@@ -368,7 +370,7 @@ def test_asks_run_on_the_narration_workers_thread(running):
     narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
     session = narrator.camera_stream.session
     threads: dict[str, set[int]] = {"ask": set(), "round": set()}
-    ask, run_pending = session.ask, session.run_pending
+    ask, run_round = session.ask, session.run_round
 
     def recording_ask(*args, **kwargs):
         threads["ask"].add(threading.get_ident())
@@ -376,9 +378,9 @@ def test_asks_run_on_the_narration_workers_thread(running):
 
     def recording_round(*args, **kwargs):
         threads["round"].add(threading.get_ident())
-        return run_pending(*args, **kwargs)
+        return run_round(*args, **kwargs)
 
-    session.ask, session.run_pending = recording_ask, recording_round
+    session.ask, session.run_round = recording_ask, recording_round
     for index in range(3):
         answer = _done(_ask_async(narrator, f"Question {index}?"), 30.0)
         assert answer.success, answer.message
@@ -395,19 +397,19 @@ def test_an_ask_waits_for_at_most_the_round_in_progress(running):
     narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
     session = narrator.camera_stream.session
     events: list[str] = []
-    ask, run_pending = session.ask, session.run_pending
+    ask, run_round = session.ask, session.run_round
 
     def recording_ask(*args, **kwargs):
         events.append("ask")
         return ask(*args, **kwargs)
 
     def recording_round(*args, **kwargs):
-        result = run_pending(*args, **kwargs)
-        if result[0] is not None:
+        result = run_round(*args, **kwargs)
+        if result is not None:
             events.append("round")
         return result
 
-    session.ask, session.run_pending = recording_ask, recording_round
+    session.ask, session.run_round = recording_ask, recording_round
     with narrator.node._streams.model_lock:  # a long round in progress
         narrator.wait_for(lambda: session.sampler.pending >= 2, 10.0, "seconds waiting")
         future = _ask_async(narrator, "What is there?")
@@ -447,14 +449,14 @@ def test_a_parameter_change_applies_while_every_round_is_late(running):
     narrator.wait_for(lambda: len(narrator.narrations) >= 1, 30.0, "narrations")
     streams = narrator.node._streams
 
-    def slow(run_pending):
+    def slow(run_round):
         def run(*args, **kwargs):
             time.sleep(2.0)  # longer than the 1 s period: the next second is always due
-            return run_pending(*args, **kwargs)
+            return run_round(*args, **kwargs)
         return run
 
     session = narrator.camera_stream.session
-    session.run_pending = slow(session.run_pending)
+    session.run_round = slow(session.run_round)
     count = len(narrator.narrations)
     narrator.wait_for(lambda: len(narrator.narrations) >= count + 2, 30.0, "slow rounds")
     parameters = AsyncParameterClient(narrator.client, f"{narrator.namespace}/narrator")
