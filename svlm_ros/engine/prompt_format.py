@@ -65,6 +65,17 @@ def split_answer(text: str) -> tuple[str, str]:
     return clean_narration(answer), clean_narration(rest)
 
 
+def answer_length(tokenizer, text_ids: list[int]) -> int:
+    """Tokens of the answer in generated ``text_ids`` that answer first: those up to the
+    token holding the first newline, that one counted when it also holds answer text (Qwen's
+    ``.\n`` is one token); all of them when there is no newline."""
+    for index, token in enumerate(text_ids):
+        piece = tokenizer.decode([token])
+        if "\n" in piece:
+            return index + bool(piece.partition("\n")[0])
+    return len(text_ids)
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """Builds the token ids of every piece of the stream for one tokenizer.

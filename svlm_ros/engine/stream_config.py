@@ -123,6 +123,7 @@ class RoundResult:
             ``total`` milliseconds. On CUDA they are launch times unless the session's
             ``sync_timings`` is set (the benchmark sets it).
         answer: The answer to the question asked in this second ('' when none).
+        answer_tokens: Generated tokens of that answer (before its newline; 0 when none).
     """
 
     start: float
@@ -137,6 +138,7 @@ class RoundResult:
     vision_tokens: int
     timings_ms: dict[str, float]
     answer: str = ""
+    answer_tokens: int = 0
 
 
 @dataclass

@@ -27,7 +27,12 @@ from svlm_ros.engine.frame_sampler import FrameSampler, SecondOfFrames
 from svlm_ros.engine.kv_cache import BoundedKVCache
 from svlm_ros.engine.memory_estimate import refuse_unless_fits, session_memory
 from svlm_ros.engine.model_loading import LoadedModel
-from svlm_ros.engine.prompt_format import PromptFormat, clean_narration, split_answer
+from svlm_ros.engine.prompt_format import (
+    PromptFormat,
+    answer_length,
+    clean_narration,
+    split_answer,
+)
 from svlm_ros.engine.rotary_shift import rotary_inverse_frequencies
 from svlm_ros.engine.round_layout import RenderedTokens, RoundLayout, VideoGrid
 from svlm_ros.engine.static_decode import GraphedDecoder, StaticDecoder, resolve_decode_path
@@ -432,9 +437,10 @@ class StreamingSession:
         self.last_round_logits = turn.logits
         self.rounds_run += 1
         decoded = self.format.tokenizer.decode(text_ids, skip_special_tokens=True)
-        answer = ""
+        answer, answer_tokens = "", 0
         if state.question:
             answer, text = split_answer(decoded)
+            answer_tokens = answer_length(self.format.tokenizer, text_ids)
         else:
             text = clean_narration(decoded)
         second, video = state.second, state.video
@@ -458,6 +464,7 @@ class StreamingSession:
                 "total": (t4 - state.t0) * 1e3,
             },
             answer=answer,
+            answer_tokens=answer_tokens,
         )
 
     def can_hold_question(self) -> bool:

@@ -44,6 +44,8 @@ class HeldQuestion:
 
     question: str
     future: Future = field(default_factory=Future)
+    #: Its length in tokens, counted when a round takes it.
+    question_tokens: int = 0
 
 
 class HeldQuestions:

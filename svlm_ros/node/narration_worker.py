@@ -276,7 +276,7 @@ class NarrationWorker:
         if held is None:
             return None
         try:
-            session.check_question(held.question)
+            held.question_tokens = len(session.check_question(held.question))
             if session.can_hold_question():
                 return held
             held.future.set_result(session.ask(held.question))
@@ -296,9 +296,9 @@ class NarrationWorker:
             held.future.set_exception(outcome)
             return
         try:
-            tokens = len(session.check_question(held.question))
             if outcome.answer:
-                held.future.set_result(Answer(outcome.answer, tokens, outcome.generated_tokens,
+                held.future.set_result(Answer(outcome.answer, held.question_tokens,
+                                              outcome.answer_tokens,
                                               outcome.timings_ms["total"] / 1e3))
             else:
                 held.future.set_result(session.ask(held.question))

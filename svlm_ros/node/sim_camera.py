@@ -25,6 +25,7 @@ from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -142,6 +143,16 @@ class SimCameraNode(Node):
         self.truth.publish(message)
 
 
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait (bounded) until reliable subscribers acknowledged what was published.
+
+        The last second's ground truth goes out just before the process exits; without this,
+        DDS may drop it with the writer (Fast DDS 2.x on Jazzy did in CI).
+        """
+        for publisher in (self.truth, self.images):
+            publisher.wait_for_all_acked(Duration(seconds=timeout))
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the simulated camera until ``seconds`` have passed or it is interrupted."""
     rclpy.init(args=args)
@@ -150,6 +161,8 @@ def main(args: list[str] | None = None) -> int:
         node = SimCameraNode()
         while rclpy.ok() and not node.finished:
             rclpy.spin_once(node, timeout_sec=0.1)
+        if node.finished:
+            node.flush()
         return 0
     except (KeyboardInterrupt, ExternalShutdownException):
         return 0

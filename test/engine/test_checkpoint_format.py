@@ -151,6 +151,8 @@ def test_a_teacher_forced_stream_holds_exactly_the_reference_framing(loaded):
                                            [blocks[k] for k in kept])), index
         if index == STREAM_QUESTION[0]:
             assert result.answer == "Yes." and result.text == words_of(index)
+            # Its tokens are the answer's alone, not the narration after it.
+            assert result.answer_tokens == len(tokenizer.encode("Yes.", add_special_tokens=False))
         if 10 <= index < 20:
             assert result.silent
         dropped_seen |= session.policy.dropped_text_tokens > 0

@@ -99,6 +99,7 @@ class Running:
             thread.start()
         self._feeding = threading.Event()
         self._feeder: threading.Thread | None = None
+        self._ask = None
 
     def _store(self, message: Narration) -> None:
         with self.changed:
@@ -157,6 +158,18 @@ class Running:
             client.remove_pending_request(future)
             return None
         return future.result()
+
+    def ask(self, question: str, timeout: float = 30.0):
+        """Call ``/ask`` from the client node; None if no response came within ``timeout``."""
+        if self._ask is None:
+            self._ask = self.client.create_client(Ask, f"{self.namespace}/ask")
+        return self.call(self._ask, Ask.Request(question=question), timeout)
+
+    def narrate(self, narrations: int = 2) -> None:
+        """Start, feed frames and wait until ``narrations`` narrations were published."""
+        self.start()
+        self.feed()
+        self.wait_for(lambda: len(self.narrations) >= narrations, 30.0, "narrations")
 
     def close(self) -> None:
         self.stop_feed()
@@ -251,14 +264,11 @@ def test_an_ask_waiting_for_the_model_during_shutdown_is_not_answered(running):
     # Review: run_round and ask cleared the interrupt flag when they started, so an ask that
     # got the model after the node began stopping decoded a whole answer.
     narrator = running()
-    narrator.start()
-    narrator.feed()
-    narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
-    ask = narrator.client.create_client(Ask, f"{narrator.namespace}/ask")
-    answered = narrator.call(ask, Ask.Request(question="What is there?"), timeout=30.0)
+    narrator.narrate()
+    answered = narrator.ask("What is there?")
     assert answered is not None and answered.success, answered
     narrator.node._streams.interrupt()  # what stopping does before it joins the worker
-    refused = narrator.call(ask, Ask.Request(question="And now?"), timeout=30.0)
+    refused = narrator.ask("And now?")
     assert refused is not None and not refused.success
     assert "stopping" in refused.message
     with pytest.raises(GenerationInterrupted):
@@ -311,9 +321,7 @@ def test_step_latency_leaves_out_the_wait_for_the_model(running):
     # Review: a round was timed from before it took the model lock, so time spent waiting
     # for an ask counted as model time (and in real_time_factor).
     narrator = running()
-    narrator.start()
-    narrator.feed()
-    narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
+    narrator.narrate()
     lock = narrator.node._streams.model_lock
     held = 3.0
     with lock:  # an ask holds the model while seconds complete
@@ -536,12 +544,9 @@ def test_an_inline_ask_is_answered_by_the_next_round(running, round_questions):
     # Issue 16 item 7: the checkpoint was trained on questions inside a second's user turn,
     # answered first in that second's text; the node asked in a turn of its own.
     narrator = running(vision_window_seconds=4)
-    narrator.start()
-    narrator.feed()
-    narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
-    ask = narrator.client.create_client(Ask, f"{narrator.namespace}/ask")
+    narrator.narrate()
     before = len(narrator.narrations)
-    response = narrator.call(ask, Ask.Request(question="What is there?"), timeout=30.0)
+    response = narrator.ask("What is there?")
     assert response is not None and response.success, response
     assert [question for question, _ in round_questions] == ["What is there?"]
     answer = round_questions[0][1]
@@ -554,12 +559,12 @@ def test_an_inline_ask_is_answered_by_the_next_round(running, round_questions):
     # The question fills the vision window's room for one: the next ask is answered between
     # rounds, and no round holds it.
     assert not session.can_hold_question()
-    second = narrator.call(ask, Ask.Request(question="And now?"), timeout=30.0)
+    second = narrator.ask("And now?")
     assert second is not None and second.success, second
     assert [question for question, _ in round_questions] == ["What is there?"]
     # Once that second left the vision window (4 s), a round takes questions again.
     narrator.wait_for(lambda: session.can_hold_question(), 30.0, "the question to leave")
-    third = narrator.call(ask, Ask.Request(question="Anything new?"), timeout=30.0)
+    third = narrator.ask("Anything new?")
     assert third is not None and third.success, third
     assert [question for question, _ in round_questions][-1] == "Anything new?"
 
@@ -568,8 +573,7 @@ def test_an_inline_ask_without_rounds_is_answered_between_after_the_wait(running
                                                                          round_questions):
     narrator = running(ask_round_wait=0.5)
     narrator.start()  # no frames: no round will take the question
-    ask = narrator.client.create_client(Ask, f"{narrator.namespace}/ask")
-    refused = narrator.call(ask, Ask.Request(question="What is there?"), timeout=30.0)
+    refused = narrator.ask("What is there?")
     assert refused is not None and not refused.success
     assert "no frames have been narrated yet" in refused.message
     assert refused.latency >= 0.5  # it waited for a round first
@@ -580,11 +584,8 @@ def test_an_inline_ask_without_rounds_is_answered_between_after_the_wait(running
 
 def test_ask_mode_between_never_puts_a_question_into_a_round(running, round_questions):
     narrator = running(ask_mode="between")
-    narrator.start()
-    narrator.feed()
-    narrator.wait_for(lambda: len(narrator.narrations) >= 2, 30.0, "narrations")
-    ask = narrator.client.create_client(Ask, f"{narrator.namespace}/ask")
-    response = narrator.call(ask, Ask.Request(question="What is there?"), timeout=30.0)
+    narrator.narrate()
+    response = narrator.ask("What is there?")
     assert response is not None and response.success, response
     assert round_questions == []
     assert not any(span.question_tokens for span in narrator.camera_stream.session.policy.rounds)

@@ -32,6 +32,10 @@ def test_sim_time_camera_publishes_the_world_clock_and_ground_truth(
     assert spin_until(executor, lambda: camera.poll() is not None, timeout=60.0), (
         camera.describe())
     assert camera.poll() == 0, camera.describe()
+    # The camera waited for acknowledgements before exiting; what it sent may still sit in this
+    # process's queues, so take it before counting.
+    spin_until(executor, lambda: len(truths) >= seconds and len(images) >= seconds * rate,
+               timeout=5.0)
     world = World(WorldConfig(seed=11, width=64, height=48))
     # The world waited for this subscriber: every frame arrived, reliably, in order.
     assert len(images) == seconds * rate, camera.describe()
