@@ -49,6 +49,9 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 KINDS = ("enters", "moves", "turns", "leaves", "returns", "still")
 MEMORY_KINDS = ("returns", "still")
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+#: World seeds from here on are held out: no training stream may use them, so evaluation and
+#: the demo (seed 424242) replay worlds no narrator has seen.
+FIRST_HELD_OUT_SEED = 100_000
 BACKGROUNDS = ("plain", "gradient", "stripes", "checker")
 
 

@@ -9,6 +9,7 @@ from svlm_training.train_config import TrainConfig
 
 from svlm_ros.engine.model_loading import load_model
 from svlm_ros.engine.model_settings import ENGINE_FORMAT, read_settings
+from svlm_ros.sim.world import FIRST_HELD_OUT_SEED
 
 TOY = ["--bags", "2", "--bag-seconds", "10", "--steps", "2"]
 
@@ -69,6 +70,15 @@ def test_a_phase_jitter_of_half_a_second_or_more_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     assert sim_narrator.main([str(out), *TOY, "--phase-jitter", "0.5"]) == 1
     assert "--phase-jitter must be in [0, 0.5)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_training_on_the_held_out_worlds_is_refused(tmp_path, capsys):
+    # The evaluation stream was once seed 777, inside the worlds stage 6 trained on.
+    out = tmp_path / "out"
+    first = FIRST_HELD_OUT_SEED - 1
+    assert sim_narrator.main([str(out), *TOY, "--first-world", str(first), "--bags", "2"]) == 1
+    assert "reach the held-out seeds" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -2,8 +2,9 @@
 
     svlm-sim-ablations --model config/sim_narrator --out ablations [--seconds 7200]
 
-1. ``svlm-sim``'s bag writer records an unseen stream (``--seed``, default 777; the narrator was
-   trained on seeds 1..1152) of ``--seconds`` (2 h) as an mcap bag;
+1. ``svlm-sim``'s bag writer records an unseen stream (``--seed``, default 100777: a held-out
+   seed, ``FIRST_HELD_OUT_SEED`` or above, which training refuses) of ``--seconds`` (2 h) as an
+   mcap bag;
 2. ``svlm-eval`` replays it through the streaming engine once per cache setting, with the same
    model and narration settings, for the whole stream, asking the memory questions of
    ``svlm_ros.sim.questions`` at the end of every pause ("What colour was the last shape that
@@ -38,7 +39,7 @@ from pathlib import Path
 from svlm_ros.sim.bag_writer import BagSettings, write_world_bag
 from svlm_ros.sim.questions import answer_is_right, pause_end_questions
 from svlm_ros.sim.scoring import chance_accuracy, score_narration, total
-from svlm_ros.sim.world import World, WorldConfig
+from svlm_ros.sim.world import FIRST_HELD_OUT_SEED, World, WorldConfig
 from svlm_training.sim_narrator import IMAGE_TOPIC, NARRATOR_SETTINGS, TEXT_TOPIC
 
 SETTINGS = {
@@ -63,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="results folder (reused: finished "
                         "settings are not run again)")
     parser.add_argument("--seconds", type=int, default=7200, help="stream length (default 2 h)")
-    parser.add_argument("--seed", type=int, default=777, help="world seed (default 777)")
+    parser.add_argument("--seed", type=int, default=FIRST_HELD_OUT_SEED + 777,
+                        help=f"world seed (default {FIRST_HELD_OUT_SEED + 777}; seeds below "
+                        f"{FIRST_HELD_OUT_SEED} may have been trained on)")
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated subset of {', '.join(SETTINGS)}")
     parser.add_argument("--full-budget", type=float, default=900.0,
@@ -250,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"svlm-sim-ablations: error: unknown settings {unknown}", file=sys.stderr)
         return 2
+    if args.seed < FIRST_HELD_OUT_SEED:
+        print(f"svlm-sim-ablations: warning: seed {args.seed} is below {FIRST_HELD_OUT_SEED}: "
+              "a training stream may have used its world", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     world = World(WorldConfig(seed=args.seed))

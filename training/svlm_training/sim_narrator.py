@@ -47,7 +47,14 @@ from svlm_ros.engine.model_settings import ENGINE_FORMAT, ModelSettings, write_s
 from svlm_ros.engine.tiny_model import make_tiny_checkpoint
 from svlm_ros.sim.bag_writer import BagSettings, write_world_bag
 from svlm_ros.sim.questions import SIDES
-from svlm_ros.sim.world import COLOURS, DIRECTIONS, SHAPES, World, WorldConfig
+from svlm_ros.sim.world import (
+    COLOURS,
+    DIRECTIONS,
+    FIRST_HELD_OUT_SEED,
+    SHAPES,
+    World,
+    WorldConfig,
+)
 from svlm_training.train_config import TrainConfig
 
 #: Settings the narrator must run with to see what it was trained on.
@@ -162,6 +169,10 @@ def make_sim_narrator(args: argparse.Namespace) -> Path:
         raise ValueError(f"--question-share must be in [0, 1], got {args.question_share}")
     if args.first_world < 1:
         raise ValueError(f"--first-world must be >= 1, got {args.first_world}")
+    if args.first_world + args.bags > FIRST_HELD_OUT_SEED:
+        raise ValueError(f"worlds {args.first_world}..{args.first_world + args.bags - 1} reach "
+                         f"the held-out seeds ({FIRST_HELD_OUT_SEED} on), which evaluation and "
+                         "the demo replay; train on lower ones")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     earlier = None
