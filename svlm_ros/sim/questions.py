@@ -106,3 +106,24 @@ def answer_is_right(question: MemoryQuestion, answer: str) -> bool:
     kind = COLOURS if question.answer in COLOURS else SHAPES
     words = set(answer.lower().replace(".", " ").replace(",", " ").replace("?", " ").split())
     return {word for word in kind if word in words} == {question.answer}
+
+
+def _kind(question: MemoryQuestion) -> tuple[str, ...]:
+    return tuple(COLOURS) if question.answer in COLOURS else SHAPES
+
+
+def constant_answer_right(questions: list[MemoryQuestion]) -> int:
+    """Questions a narrator that always gives the same answer per kind (colour, shape) gets
+    right at best: the reference a learned answer must beat (a tiny narrator that always says
+    "circle" gets every circle right)."""
+    right = 0
+    for kind in {_kind(q) for q in questions}:
+        answers = [q.answer for q in questions if _kind(q) == kind]
+        right += max(answers.count(word) for word in kind)
+    return right
+
+
+def chance_answers_right(questions: list[MemoryQuestion]) -> float:
+    """Expected questions right when each answer is a random word of its kind."""
+    return sum(1 / len(_kind(q)) for q in questions)
+

@@ -8,7 +8,10 @@ import pytest
 
 from svlm_ros.sim.questions import (
     SHAPE_QUESTION_LEAD,
+    MemoryQuestion,
     answer_is_right,
+    chance_answers_right,
+    constant_answer_right,
     pause_end_questions,
     questions_at,
     training_questions,
@@ -113,3 +116,12 @@ def test_partial_credit_for_speaking_and_for_the_colour(world):
     other = {e.second: ("red" if e.colour != "red" else "blue") for e in events}
     wrong = total(score_narration(world, [(s, f"a {c} square") for s, c in other.items()]))
     assert wrong.events_spoken == len(events) and wrong.colour_right == 0
+
+
+def test_question_references_count_a_constant_guess_and_random_words():
+    asked = [MemoryQuestion(1, "What colour was the last shape that left?", colour, 60)
+             for colour in ("red", "red", "blue")] + [
+        MemoryQuestion(2, "What shape was the last one that left?", "circle", 60)]
+    # Always "red" gets two colours, always "circle" the one shape.
+    assert constant_answer_right(asked) == 3
+    assert chance_answers_right(asked) == pytest.approx(3 / 4 + 1 / 3)

@@ -42,11 +42,15 @@ def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
     assert bad["memory_accuracy"] == 0.0 and bad["questions_right"] == 0
     assert bad["event_accuracy"] < good["event_accuracy"]
     assert good["memory_events"] == bad["memory_events"] > 50
+    assert good["distinct_answers"] > 2 and bad["distinct_answers"] == 1
     reference = {"always_silent": 0.5, "chance": 0.25, "seed": 31, "seconds": SECONDS,
-                 "model": "m", "wall_minutes": 0.1}
+                 "model": "m", "wall_minutes": 0.1, "questions": len(questions),
+                 "questions_constant_right": 3, "questions_chance_right": 1.2}
     sim_ablations.write_results(tmp_path, [good, bad], reference)
     table = (tmp_path / "results.md").read_text()
     assert "| 100.0 (100.0 / 100.0) |" in table and "| 0.0 (0.0 / 0.0) |" in table
     assert "no previous text (text window 0)" in table
+    assert "best constant answer per kind (always the same colour, always the same shape) " \
+        "gets 3, random words 1.2. Distinct answers per setting: bounded " in table
     assert (tmp_path / "ablations.png").stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["results"][1]["setting"] == "text0"

@@ -37,7 +37,12 @@ import time
 from pathlib import Path
 
 from svlm_ros.sim.bag_writer import BagSettings, write_world_bag
-from svlm_ros.sim.questions import answer_is_right, pause_end_questions
+from svlm_ros.sim.questions import (
+    answer_is_right,
+    chance_answers_right,
+    constant_answer_right,
+    pause_end_questions,
+)
 from svlm_ros.sim.scoring import chance_accuracy, score_narration, total
 from svlm_ros.sim.world import FIRST_HELD_OUT_SEED, World, WorldConfig
 from svlm_training.sim_narrator import IMAGE_TOPIC, NARRATOR_SETTINGS, TEXT_TOPIC
@@ -141,6 +146,9 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
                     "always_silent": s.always_silent} for s in slices],
         "questions_asked": len(asked),
         "questions_right": right,
+        # Few distinct answers mean a constant guess, not memory (see constant_answer_right).
+        "distinct_answers": len({answers[q.second, q.question].get("answer", "").strip().lower()
+                                 for q in asked}),
         "step_ms_median": 1e3 * sorted(latencies)[len(latencies) // 2] if latencies else math.nan,
         "cache_tokens_max": max((row["cache_tokens"] for row in rows), default=0),
     }
@@ -163,6 +171,14 @@ def write_results(out: Path, results: list[dict], reference: dict) -> None:
             f"{r['step_ms_median']:.0f} | {r['cache_tokens_max']} |")
     lines += ["", f"Always silent: {100 * reference['always_silent']:.1f} %; chance: "
               f"{100 * reference['chance']:.1f} % (over the whole stream)."]
+    if "questions" in reference:
+        asked = reference["questions"]
+        lines += ["", f"Memory questions ({asked} asked): the best constant answer per kind "
+                  f"(always the same colour, always the same shape) gets "
+                  f"{reference['questions_constant_right']}, random words "
+                  f"{reference['questions_chance_right']:.1f}. Distinct answers per setting: "
+                  + ", ".join(f"{r['setting']} {r.get('distinct_answers', '-')}"
+                              for r in results) + "."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"results": results, **reference},
                                                  indent=2) + "\n")
@@ -280,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = sum(1 for s in range(args.seconds) if world.event_at(s) is None) / args.seconds
     reference = {"always_silent": quiet, "chance": chance_accuracy(quiet),
                  "seed": args.seed, "seconds": args.seconds, "model": str(args.model),
+                 "questions": len(questions),
+                 "questions_constant_right": constant_answer_right(questions),
+                 "questions_chance_right": round(chance_answers_right(questions), 1),
                  "wall_minutes": round((time.perf_counter() - started) / 60, 1)}
     write_results(out, results, reference)
     print((out / "results.md").read_text())
