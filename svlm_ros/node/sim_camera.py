@@ -142,7 +142,6 @@ class SimCameraNode(Node):
         message.silent = not sentence
         self.truth.publish(message)
 
-
     def flush(self, timeout: float = 2.0) -> None:
         """Wait (bounded) until reliable subscribers acknowledged what was published.
 

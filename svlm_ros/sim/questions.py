@@ -101,15 +101,16 @@ def training_questions(world: World, seconds: int, *, share: float = 0.05, min_a
     return questions
 
 
+def _kind(question: MemoryQuestion) -> tuple[str, ...]:
+    """The words an answer to ``question`` chooses from: the colours or the shapes."""
+    return tuple(COLOURS) if question.answer in COLOURS else SHAPES
+
+
 def answer_is_right(question: MemoryQuestion, answer: str) -> bool:
     """The answer names the right word and no other of its kind (colour or shape)."""
-    kind = COLOURS if question.answer in COLOURS else SHAPES
+    kind = _kind(question)
     words = set(answer.lower().replace(".", " ").replace(",", " ").replace("?", " ").split())
     return {word for word in kind if word in words} == {question.answer}
-
-
-def _kind(question: MemoryQuestion) -> tuple[str, ...]:
-    return tuple(COLOURS) if question.answer in COLOURS else SHAPES
 
 
 def constant_answer_right(questions: list[MemoryQuestion]) -> int:
@@ -126,4 +127,3 @@ def constant_answer_right(questions: list[MemoryQuestion]) -> int:
 def chance_answers_right(questions: list[MemoryQuestion]) -> float:
     """Expected questions right when each answer is a random word of its kind."""
     return sum(1 / len(_kind(q)) for q in questions)
-
