@@ -92,6 +92,18 @@ def score_narration(world: World, narration: Iterable[tuple[int, str]],
     return [slices[index] for index in sorted(slices)]
 
 
+def accuracy_by_kind(world: World, narration: Iterable[tuple[int, str]]) -> dict[str, float]:
+    """Share of the seconds of each kind of event (``KINDS``) narrated right, for the kinds the
+    narration covers. ``enters`` beside ``returns`` shows whether a narrator tells a returning
+    shape from a new one or merely says "is back" more often."""
+    seconds: dict[str, list[bool]] = {}
+    for second, text in narration:
+        event = world.event_at(int(second))
+        if event is not None:
+            seconds.setdefault(event.kind, []).append(second_is_right(world, int(second), text))
+    return {kind: sum(right) / len(right) for kind in KINDS if (right := seconds.get(kind))}
+
+
 def named_colour(text: str) -> str | None:
     """The one colour a narration names, or None (none, or several)."""
     words = set(text.lower().replace(".", " ").replace(",", " ").split())

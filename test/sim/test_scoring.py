@@ -16,7 +16,13 @@ from svlm_ros.sim.questions import (
     questions_at,
     training_questions,
 )
-from svlm_ros.sim.scoring import chance_accuracy, score_narration, second_is_right, total
+from svlm_ros.sim.scoring import (
+    accuracy_by_kind,
+    chance_accuracy,
+    score_narration,
+    second_is_right,
+    total,
+)
 from svlm_ros.sim.world import World, WorldConfig
 
 
@@ -105,6 +111,18 @@ def test_memory_events_are_scored_on_their_own(world):
     score = total(score_narration(world, forgetful))
     returns = sum(e.kind == "returns" for e in memory)
     assert score.memory_right == len(memory) - returns and returns > 0
+
+
+def test_saying_is_back_to_every_entry_shows_in_the_kinds_apart(world):
+    truth = [(s, world.sentence_at(s)) for s in range(900)]
+    assert set(accuracy_by_kind(world, truth).values()) == {1.0}
+    # "is back" for every new shape too: every returning one right, no entering one.
+    eager = [(s, t.replace(" enters from", " is back from").replace("a ", "the ", 1)
+              if " enters from" in t else t) for s, t in truth]
+    kinds = accuracy_by_kind(world, eager)
+    assert kinds["returns"] == kinds["moves"] == 1.0 and kinds["enters"] == 0.0
+    assert total(score_narration(world, eager)).memory_right == total(
+        score_narration(world, truth)).memory_right
 
 
 def test_partial_credit_for_speaking_and_for_the_colour(world):

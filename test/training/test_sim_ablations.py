@@ -37,7 +37,10 @@ def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
     good = sim_ablations.summarize("bounded", tmp_path / "bounded", world, questions)
     bad = sim_ablations.summarize("text0", tmp_path / "text0", world, questions)
     assert good["accuracy"] == good["memory_accuracy"] == 1.0
-    assert good["memory_by_kind"] == {"returns": 1.0, "still": 1.0}
+    assert set(good["kind_accuracy"].values()) == {1.0} and len(good["kind_accuracy"]) == 6
+    # The forgetful narrator gets every new shape right and no returning or still one.
+    assert bad["kind_accuracy"]["enters"] == 1.0
+    assert bad["kind_accuracy"]["returns"] == bad["kind_accuracy"]["still"] == 0.0
     assert good["questions_right"] == good["questions_asked"] == len(questions) >= 4
     assert bad["memory_accuracy"] == 0.0 and bad["questions_right"] == 0
     assert bad["event_accuracy"] < good["event_accuracy"]
@@ -50,6 +53,8 @@ def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| 100.0 (100.0 / 100.0) |" in table and "| 0.0 (0.0 / 0.0) |" in table
     assert "no previous text (text window 0)" in table
+    assert "| setting | enters | moves | turns and moves | leaves | is back | is still |" in table
+    assert "| text0 | 100.0 | 100.0 | 100.0 | 100.0 | 0.0 | 0.0 |" in table
     assert "best constant answer per kind (always the same colour, always the same shape) " \
         "gets 3, random words 1.2. Distinct answers per setting: bounded " in table
     assert (tmp_path / "ablations.png").stat().st_size > 0

@@ -43,8 +43,8 @@ from svlm_ros.sim.questions import (
     constant_answer_right,
     pause_end_questions,
 )
-from svlm_ros.sim.scoring import chance_accuracy, score_narration, total
-from svlm_ros.sim.world import FIRST_HELD_OUT_SEED, World, WorldConfig
+from svlm_ros.sim.scoring import accuracy_by_kind, chance_accuracy, score_narration, total
+from svlm_ros.sim.world import FIRST_HELD_OUT_SEED, KINDS, World, WorldConfig
 from svlm_training.sim_narrator import IMAGE_TOPIC, NARRATOR_SETTINGS, TEXT_TOPIC
 
 SETTINGS = {
@@ -139,7 +139,7 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
         "colour_right": overall.colour_right / max(1, overall.event_seconds),
         "memory_events": overall.memory_seconds,
         "memory_accuracy": overall.memory_right / max(1, overall.memory_seconds),
-        "memory_by_kind": memory_by_kind(world, narration),
+        "kind_accuracy": accuracy_by_kind(world, narration),
         "first_slice": slices[0].accuracy if slices else math.nan,
         "last_slice": slices[-1].accuracy if slices else math.nan,
         "slices": [{"start": s.start, "end": s.end, "accuracy": s.accuracy,
@@ -171,6 +171,15 @@ def write_results(out: Path, results: list[dict], reference: dict) -> None:
             f"{r['step_ms_median']:.0f} | {r['cache_tokens_max']} |")
     lines += ["", f"Always silent: {100 * reference['always_silent']:.1f} %; chance: "
               f"{100 * reference['chance']:.1f} % (over the whole stream)."]
+    # Per kind: saying "is back" more often raises `returns` at the cost of `enters`, and
+    # `turns` needs the shape's previous direction as much as `returns` needs its leaving.
+    lines += ["", "Seconds right per kind of event (%):", "",
+              "| setting | " + " | ".join(KIND_LABELS[k] for k in KINDS) + " |",
+              "|" + "---|" * (len(KINDS) + 1)]
+    for r in results:
+        kinds = r.get("kind_accuracy", {})
+        lines.append(f"| {r['setting']} | " + " | ".join(
+            f"{100 * kinds[k]:.1f}" if k in kinds else "-" for k in KINDS) + " |")
     if "questions" in reference:
         asked = reference["questions"]
         lines += ["", f"Memory questions ({asked} asked): the best constant answer per kind "
@@ -185,20 +194,13 @@ def write_results(out: Path, results: list[dict], reference: dict) -> None:
     plot(out / "ablations.png", results, reference)
 
 
-def memory_by_kind(world: World, narration: list[tuple[int, str]]) -> dict[str, float]:
-    """Share of the seconds of each memory kind narrated right."""
-    from svlm_ros.sim.scoring import second_is_right
-
-    seconds: dict[str, list[bool]] = {}
-    for second, text in narration:
-        event = world.event_at(second)
-        if event is not None and event.needs_memory:
-            seconds.setdefault(event.kind, []).append(second_is_right(world, second, text))
-    return {kind: sum(right) / len(right) for kind, right in seconds.items()}
+#: Column names of the per-kind table: the words the narration uses for each kind.
+KIND_LABELS = {"enters": "enters", "moves": "moves", "turns": "turns and moves",
+               "leaves": "leaves", "returns": "is back", "still": "is still"}
 
 
 def _memory_text(result: dict) -> str:
-    kinds = result.get("memory_by_kind", {})
+    kinds = result.get("kind_accuracy", {})
     parts = " / ".join(f"{100 * kinds[k]:.1f}" if k in kinds else "-" for k in ("returns", "still"))
     return f"{100 * result['memory_accuracy']:.1f} ({parts})"
 
@@ -214,7 +216,8 @@ def _slice_text(result: dict, index: int) -> str:
 
 def plot(path: Path, results: list[dict], reference: dict) -> None:
     """Accuracy per 10-minute slice (left) and the events that need memory per setting
-    (right: a shape that is back, one that is still)."""
+    (right: a shape that is back, one that is still, and beside them a shape that merely
+    enters)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,16 +249,20 @@ def plot(path: Path, results: list[dict], reference: dict) -> None:
 
     names = [r["setting"] for r in results]
     positions = range(len(results))
-    for offset, kind, label in ((-0.2, "returns", "is back (needs the text)"),
-                                (0.2, "still", "is still (needs the vision window)")):
-        values = [100 * r.get("memory_by_kind", {}).get(kind, 0.0) for r in results]
-        memory.bar([p + offset for p in positions], values, width=0.4, label=label)
+    # ``enters`` beside ``is back``: a narrator that only says "is back" more often gains on
+    # one and loses on the other; telling them apart raises both.
+    for offset, kind, label in ((-0.27, "enters", "enters (a new shape)"),
+                                (0.0, "returns", "is back (needs the text)"),
+                                (0.27, "still", "is still (needs the vision window)")):
+        values = [100 * r.get("kind_accuracy", {}).get(kind, 0.0) for r in results]
+        memory.bar([p + offset for p in positions], values, width=0.27, label=label)
     memory.set_xticks(list(positions), names, rotation=30, ha="right")
-    memory.set_ylabel("memory events right (%)")
-    memory.set_title("Events that need memory")
-    memory.set_ylim(0, 100)
+    memory.set_ylabel("seconds right (%)")
+    memory.set_title("Events that need memory, and new shapes")
+    memory.set_ylim(0, 118)  # room above the bars for the legend
+    memory.set_yticks(range(0, 101, 20))
     memory.grid(alpha=0.3, axis="y")
-    memory.legend(loc="upper right", fontsize=8)
+    memory.legend(loc="upper center", fontsize=7, ncol=3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
