@@ -11,8 +11,8 @@
 #   narrator          /svlm/narrator with config/sim_demo.yaml and config/sim_narrator;
 #   svlm-demo-monitor prints narration | truth, asks one question through /svlm/ask, records
 #                     the run as an mcap bag and writes narration.gif (and .mp4) into --out.
-# It stops after --seconds of narration or at Ctrl-C, and stops the nodes cleanly.
-# If config/sim_narrator is missing, it is trained first (scripts/make_sim_narrator.sh, ~95 min).
+# It judges the first --seconds narrated seconds and stops (or at Ctrl-C), nodes included.
+# If config/sim_narrator is missing, it is trained first (scripts/make_sim_narrator.sh, about 150 min here).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -12,8 +12,8 @@ It subscribes to ``camera/image_raw``, ``narration``, ``ground_truth`` and ``ans
     answer;
   * records the four topics into ``OUT/run_<time>`` (mcap; Foxglove opens it) and writes
     ``OUT/narration.gif`` (and ``.mp4``) with the narration under each frame;
-  * stops after ``--seconds`` of narration, or at Ctrl-C, and prints how many seconds the
-    narration got right (``svlm_ros.sim.scoring``).
+  * judges the first ``--seconds`` narrated seconds, stops after them (or at Ctrl-C) and
+    prints how many the narration got right (``svlm_ros.sim.scoring``).
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ def narration_matches(narration: str, truth: str) -> bool:
 class DemoMonitor(Node):
     """See the module docstring."""
 
-    def __init__(self, out_dir: Path, question: str, ask_at: float, record: bool = True):
+    def __init__(self, out_dir: Path, question: str, ask_at: float, record: bool = True,
+                 seconds: float = float("inf")):
         super().__init__("demo_monitor")
+        self.seconds = seconds  # narrated seconds to judge
         self.question = question
         self.ask_at = ask_at
         self.truths: dict[int, str] = {}
@@ -120,8 +122,15 @@ class DemoMonitor(Node):
     def _on_answer(self, message: Answer) -> None:
         self._record("answer", message)
 
+    @property
+    def done(self) -> bool:
+        """Whether ``seconds`` narrated seconds have been judged."""
+        return len(self.pairs) >= self.seconds
+
     def _on_narration(self, message: Narration) -> None:
         self._record("narration", message)
+        if self.done:
+            return  # arrived while the demo winds down: recorded, not judged
         end = stamp_to_seconds(message.header.stamp)
         truth = self.truths.get(round(end))
         second = int(round(message.stream_time)) - 1
@@ -182,7 +191,7 @@ class DemoMonitor(Node):
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="svlm-demo-monitor", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0,
-                        help="stop after this many seconds of narration (default 60)")
+                        help="narrated seconds to judge; stop after them (default 60)")
     parser.add_argument("--out", type=Path, default=Path("demo_output"),
                         help="folder for the bag and the video (default demo_output)")
     parser.add_argument("--question", default=DEFAULT_QUESTION, help="question to ask")
@@ -207,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     monitor = None
     status = 0
     try:
-        monitor = DemoMonitor(args.out, args.question, args.ask_at, record=not args.no_record)
+        monitor = DemoMonitor(args.out, args.question, args.ask_at, record=not args.no_record,
+                              seconds=args.seconds)
         executor = SingleThreadedExecutor()
         executor.add_node(monitor)
         started = time.monotonic()
@@ -223,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 continue
             waiting_for_answer = monitor.asked and monitor.answer_text is None
-            if now - monitor.first_narration >= args.seconds and not waiting_for_answer:
+            # The count of narrated seconds, not wall time: a slow start or a late round does
+            # not change how many seconds the summary judges.
+            if monitor.done and not waiting_for_answer:
                 break
             if now - monitor.first_narration >= args.seconds + 60:
                 break  # an answer that never comes does not hold the demo forever

@@ -47,10 +47,10 @@ def test_demo_narrates_asks_records_and_stops(tiny_model_path, tmp_path):
                                str(out), "--question", "what did you see?"], tmp_path)
     assert status == 0, output
     lines = [x for x in output.splitlines() if re.match(r"\[\s*\d+ s\] [+x ] narrator:", x)]
-    assert len(lines) >= 5, output
+    assert len(lines) == 6, output  # --seconds narrated seconds, judged and no more
     assert all("| truth:" in line for line in lines)
     assert "asking: what did you see?" in output and "answer (" in output, output
-    assert re.search(r"\d+ of \d+ seconds right", output), output
+    assert re.search(r"\d of 6 seconds right", output), output
     bags = list(out.glob("run_*"))
     assert len(bags) == 1 and list(bags[0].glob("*.mcap")), output
     assert (out / "narration.gif").stat().st_size > 0
