@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce config/sim_narrator: the four stages of svlm-make-sim-narrator it was made with
-# (its svlm_recipe.json lists them). About 100 minutes on a 2-core CPU: two long stages on
-# worlds 1-192 with frames on the world's seconds, then two short ones, each on 192 new worlds
-# whose frames start up to 0.1 s late (as a live camera's), at a third of the learning rate.
+# Reproduce config/sim_narrator: the stages of svlm-make-sim-narrator it was made with (its
+# svlm_recipe.json lists them), each continuing the last. About 150 minutes on a 2-core CPU:
+# four on the basic world (two long ones, then two on frames up to 0.1 s late, as a live
+# camera's), then the stages on the world with memory events and memory questions.
 #   bash scripts/make_sim_narrator.sh OUT [WORK]
 # OUT is written only at the end; WORK (default: a temporary folder) keeps the stages.
 set -euo pipefail
