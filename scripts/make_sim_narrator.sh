@@ -46,6 +46,11 @@ stage() { python -m svlm_training.sim_narrator "$@"; }
 [ -d "$work/stage6" ] || stage "$work/stage6" --bags 192 --first-world 769 --phase-jitter 0.1 \
     --steps 7000 --lr 2e-4 --seed 6 --world memory --question-share 0.05 --chunk-seconds 12 \
     --overlap-seconds 8 --init-from "$work/stage5"
-stage "$out" --bags 192 --first-world 961 --phase-jitter 0.1 --steps 7000 --lr 2e-4 --seed 7 \
+[ -d "$work/stage7" ] || stage "$work/stage7" --bags 192 --first-world 961 --phase-jitter 0.1 \
+    --steps 7000 --lr 2e-4 --seed 7 --world memory --question-share 0.25 --chunk-seconds 12 \
+    --overlap-seconds 8 --init-from "$work/stage6"
+# 8: the same on new worlds at half the rate: fewer new shapes called "is back", more returning
+# ones right, memory questions above a constant guess (docs/sim_world.md).
+stage "$out" --bags 192 --first-world 1153 --phase-jitter 0.1 --steps 8000 --lr 1e-4 --seed 8 \
     --world memory --question-share 0.25 --chunk-seconds 12 --overlap-seconds 8 \
-    --init-from "$work/stage6"
+    --init-from "$work/stage7"
