@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce config/sim_narrator: the stages of svlm-make-sim-narrator it was made with (its
-# svlm_recipe.json lists them), each continuing the last. About 150 minutes on a 2-core CPU:
+# svlm_recipe.json lists them), each continuing the last. About 185 minutes on a 2-core CPU:
 # four on the basic world (two long ones, then two on frames up to 0.1 s late, as a live
 # camera's), then the stages on the world with memory events and memory questions.
 #   bash scripts/make_sim_narrator.sh OUT [WORK]
