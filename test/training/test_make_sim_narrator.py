@@ -98,3 +98,42 @@ def test_the_recipe_script_refuses_a_missing_or_existing_out(tmp_path):
     assert usage.returncode == 2 and "usage:" in usage.stderr
     exists = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True)
     assert exists.returncode == 1 and "exists" in exists.stderr
+
+
+def _flags(words: list[str]) -> dict[str, str]:
+    """``--flag value`` pairs of one svlm-make-sim-narrator command line (OUT and
+    --init-from left out: they name this machine's folders)."""
+    pairs = dict(zip(words[::2], words[1::2]))
+    return {flag: value for flag, value in pairs.items()
+            if flag.startswith("--") and flag != "--init-from"}
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)  # 1e-4 and 0.0001
+    except ValueError:
+        return a == b
+
+
+def test_the_recipe_script_runs_the_stages_the_committed_narrator_was_made_with():
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = json.loads((root / "config" / "sim_narrator" / "svlm_recipe.json").read_text())
+    recorded = [stage["command"] for stage in recipe["earlier_stages"]] + [recipe["command"]]
+    script = (root / "scripts" / "make_sim_narrator.sh").read_text().replace("\\\n", " ")
+    # Each stage is one `stage OUT --flag value ...` call (after `||` for the earlier ones).
+    calls = [line.split("stage ", 1)[1] for line in script.splitlines()
+             if line.split("#")[0].strip().startswith(("[ -d", "stage \""))]
+    assert len(calls) == len(recorded) == 8
+    defaults = {action.option_strings[0]: str(action.default)
+                for action in sim_narrator.build_parser()._actions if action.option_strings}
+    for number, (call, command) in enumerate(zip(calls, recorded), start=1):
+        ran, made = _flags(shlex.split(call)[1:]), _flags(command.split()[2:])
+        for flag, value in made.items():
+            # A flag the script leaves out must be at its default; one it gives, the same.
+            assert _same(ran.get(flag, defaults[flag]), value), (number, flag, value)
+        # Flags the recorded command lacks came after that stage was made (e.g. --world).
+        assert set(ran) - set(made) <= {"--world", "--question-share", "--chunk-seconds",
+                                        "--overlap-seconds", "--phase-jitter"}, number
