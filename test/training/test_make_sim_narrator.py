@@ -103,7 +103,7 @@ def test_the_recipe_script_refuses_a_missing_or_existing_out(tmp_path):
 def _flags(words: list[str]) -> dict[str, str]:
     """``--flag value`` pairs of one svlm-make-sim-narrator command line (OUT and
     --init-from left out: they name this machine's folders)."""
-    pairs = dict(zip(words[::2], words[1::2]))
+    pairs = dict(zip(words[::2], words[1::2], strict=False))
     return {flag: value for flag, value in pairs.items()
             if flag.startswith("--") and flag != "--init-from"}
 
@@ -129,7 +129,7 @@ def test_the_recipe_script_runs_the_stages_the_committed_narrator_was_made_with(
     assert len(calls) == len(recorded) == 8
     defaults = {action.option_strings[0]: str(action.default)
                 for action in sim_narrator.build_parser()._actions if action.option_strings}
-    for number, (call, command) in enumerate(zip(calls, recorded), start=1):
+    for number, (call, command) in enumerate(zip(calls, recorded, strict=True), start=1):
         ran, made = _flags(shlex.split(call)[1:]), _flags(command.split()[2:])
         for flag, value in made.items():
             # A flag the script leaves out must be at its default; one it gives, the same.
