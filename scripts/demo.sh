@@ -12,7 +12,7 @@
 #   svlm-demo-monitor prints narration | truth, asks one question through /svlm/ask, records
 #                     the run as an mcap bag and writes narration.gif (and .mp4) into --out.
 # It judges the first --seconds narrated seconds and stops (or at Ctrl-C), nodes included.
-# If config/sim_narrator is missing, it is trained first (scripts/make_sim_narrator.sh, about 150 min here).
+# If config/sim_narrator is missing, it is trained first (scripts/make_sim_narrator.sh, ~185 min).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,7 +44,7 @@ if ! command -v narrator >/dev/null 2>&1; then
 fi
 
 if [ ! -f "$model/config.json" ]; then
-    echo "[demo] no trained narrator in $model: training it now (one time, about 95 minutes)"
+    echo "[demo] no trained narrator in $model: training it now (one time, about 185 minutes on 2 CPU cores)"
     bash "$repo/scripts/make_sim_narrator.sh" "$model"
 fi
 
