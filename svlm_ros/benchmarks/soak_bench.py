@@ -39,10 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
+from svlm_ros.node import exit_watchdog
+
 FRAMES_PER_SECOND = 4  # camera frames per simulated second (the model takes 2)
 STALL_SECONDS = 20
 JUMP_BACK_SECONDS = 500
 JUMP_AHEAD_SECONDS = 1000
+# The first words of exit_watchdog.MESSAGE, as bytes to look for in the narrator's log.
+STUCK_EXIT_MARKER = exit_watchdog.MESSAGE.split("{")[0].encode()
 START = 1_000_000.0  # simulated time of the first frame (whole seconds throughout)
 
 
@@ -58,6 +62,9 @@ class SoakFigures:
     exit_status: int | None = None
     # Wall seconds from SIGINT until the process ended (None: it was killed, or had died).
     exit_seconds: float | None = None
+    # The narrator's exit deadline fired (svlm_ros.node.exit_watchdog): shutdown hung
+    # somewhere, and the log holds every thread's stack.
+    exit_forced: bool = False
     rss_after_warmup: int = 0
     rss_end: int = 0
     asks_answered: int = 0
@@ -90,7 +97,8 @@ class SoakFigures:
             f"{self.seconds_narrated}; missing: {len(self.missing)}"
             + (f" (first: {self.missing[:5]})" if self.missing else ""),
             f"crashes: {0 if self.alive else 1}; exit status on SIGINT: {self.exit_status}"
-            + (f" after {self.exit_seconds:.1f} s" if self.exit_seconds is not None else ""),
+            + (f" after {self.exit_seconds:.1f} s" if self.exit_seconds is not None else "")
+            + (" (forced by the exit deadline; stacks in the log)" if self.exit_forced else ""),
             f"resident memory: {self.rss_after_warmup / 2**20:.1f} MiB after warm-up, "
             f"{self.rss_end / 2**20:.1f} MiB at the end ({self.rss_growth * 100:+.2f} %)",
             f"asks: {self.asks_answered} answered, {self.asks_refused} refused; frames "
@@ -368,11 +376,15 @@ def run_soak(
                 figures.exit_status = narrator.wait(timeout=exit_wait)
                 figures.exit_seconds = time.monotonic() - signalled
             except subprocess.TimeoutExpired:
+                # Every thread's stack into the log (the narrator registers SIGUSR1 for it).
+                narrator.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
                 narrator.kill()
                 narrator.wait()
         else:
             figures.exit_status = narrator.returncode
         log.close()
+        figures.exit_forced = STUCK_EXIT_MARKER in (work / "narrator.log").read_bytes()
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown(context=context)

@@ -19,6 +19,7 @@ One concern per file:
 - ``stamps``: ``builtin_interfaces/Time`` to and from seconds.
 - ``transport_monitor``: frames lost before the node, estimated from the stamps, and the
   warning that explains them (plain Python).
+- ``exit_watchdog``: the deadline on the process's exit once shutdown starts (plain Python).
 - ``ask_client``: the ``svlm-ask`` command.
 - ``sim_camera`` and ``demo_monitor``: the demo's simulated camera node and its monitor
   (``scripts/demo.sh``).

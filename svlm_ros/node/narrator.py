@@ -40,7 +40,9 @@ one answer between two rounds.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -54,6 +56,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 
 from svlm_ros.engine import model_settings
+from svlm_ros.node import exit_watchdog
 from svlm_ros.node import parameters as narrator_params
 from svlm_ros.node.ask_service import AskService
 from svlm_ros.node.camera_intake import CameraIntake
@@ -65,6 +68,8 @@ from svlm_ros.node.streams import Streams
 
 NODE_NAME = "narrator"
 DEFAULT_NAMESPACE = "/svlm"
+# From the start of shutdown to a forced exit (exit_watchdog): the README promises 5 s.
+EXIT_DEADLINE_SECONDS = 4.5
 
 
 class NarratorNode(LifecycleNode):
@@ -344,9 +349,13 @@ class NarratorNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Run the node until SIGINT, SIGTERM or shutdown; returns the process exit status."""
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a node that
+    # does not stop, or stops narrating, is waiting, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=args)
     node: NarratorNode | None = None
     executor: MultiThreadedExecutor | None = None
+    status = 0
     try:
         try:
             node = NarratorNode()
@@ -355,7 +364,8 @@ def main(args: list[str] | None = None) -> int:
             if "expecting type 'DOUBLE'" in str(error):
                 hint = " (write decimal parameters with a point, e.g. 2.0 rather than 2)"
             rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid parameters: {error}{hint}")
-            return 1
+            status = 1
+            return status
         executor = SteadyMultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
         if node.autostart:
@@ -373,6 +383,9 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Whatever blocks from here on (this cleanup, or the interpreter joining a pool thread
+        # at exit), the process ends within the README's 5 s, with the stacks in the log.
+        exit_watchdog.arm(EXIT_DEADLINE_SECONDS, status)
         # rclpy's signal handler both shuts the context down (ending spin) and passes the
         # signal on to Python, so a KeyboardInterrupt may still arrive in here; every step is
         # idempotent, so finish them again rather than leaving with a traceback.
@@ -386,7 +399,7 @@ def main(args: list[str] | None = None) -> int:
                 break
             except KeyboardInterrupt:
                 continue
-    return 0
+    return status
 
 
 def _exit_leaving_worker(executor: MultiThreadedExecutor | None) -> None:

@@ -6,6 +6,8 @@ camera clock going back and jumping ahead, and asks, all within a few simulated 
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from svlm_ros.benchmarks.soak_bench import run_soak
@@ -28,8 +30,12 @@ def test_short_soak_survives_and_narrates_every_second_with_a_frame(tiny_model_p
         # promise is tested on a quiet node in test_narrator_node; here, ending cleanly counts.
         exit_wait=30.0,
     )
-    log_tail = (tmp_path / "narrator.log").read_bytes()[-3000:].decode(errors="replace")
+    log_tail = (tmp_path / "narrator.log").read_bytes()[-12000:].decode(errors="replace")
     report = figures.report() + "\nnarrator log (end):\n" + log_tail
+    if figures.exit_forced:
+        # Shutdown hung, and the exit deadline ended the process in time (exit status 0, as
+        # the README promises): not a failure of the soak, but the stacks show where it hung.
+        warnings.warn("the narrator's exit deadline fired:\n" + report, stacklevel=1)
     assert figures.alive and figures.exit_status == 0, report
     assert figures.seconds_with_frames == 180 and not figures.missing, report
     assert figures.rss_growth < 0.03, report
