@@ -13,7 +13,7 @@ from svlm_ros.sim.world import World, WorldConfig
 SECONDS = 1200
 
 
-def write_run(folder, world, say, answer):
+def write_run(folder, world, say, answer, wall_seconds=90.0):
     folder.mkdir(parents=True)
     rows = [{"second": s, "text": say(s), "latency": 0.01, "cache_tokens": 100}
             for s in range(SECONDS)]
@@ -22,7 +22,8 @@ def write_run(folder, world, say, answer):
     (folder / "answers.jsonl").write_text("".join(
         json.dumps({"second": q.second, "question": q.question, "answer": answer(q)}) + "\n"
         for q in questions))
-    (folder / "scores.json").write_text(json.dumps({"stopped_early": False}))
+    (folder / "scores.json").write_text(json.dumps({"stopped_early": False,
+                                                    "wall_seconds": wall_seconds}))
     return questions
 
 
@@ -33,7 +34,7 @@ def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
     # A narrator without memory: a shape that is back merely enters, a still one is not seen.
     forgetful = lambda s: (truth(s).replace("is back", "enters")  # noqa: E731
                            if "is still" not in truth(s) else "")
-    write_run(tmp_path / "text0", world, forgetful, lambda q: "I do not know")
+    write_run(tmp_path / "text0", world, forgetful, lambda q: "I do not know", wall_seconds=30.0)
     good = sim_ablations.summarize("bounded", tmp_path / "bounded", world, questions)
     bad = sim_ablations.summarize("text0", tmp_path / "text0", world, questions)
     assert good["accuracy"] == good["memory_accuracy"] == 1.0
@@ -46,8 +47,10 @@ def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
     assert bad["event_accuracy"] < good["event_accuracy"]
     assert good["memory_events"] == bad["memory_events"] > 50
     assert good["distinct_answers"] > 2 and bad["distinct_answers"] == 1
+    # Each setting's replay time is its own svlm-eval's, not this call's.
+    assert (good["replay_minutes"], bad["replay_minutes"]) == (1.5, 0.5)
     reference = {"always_silent": 0.5, "chance": 0.25, "seed": 31, "seconds": SECONDS,
-                 "model": "m", "wall_minutes": 0.1, "questions": len(questions),
+                 "model": "m", "replay_minutes": 2.0, "questions": len(questions),
                  "questions_constant_right": 3, "questions_chance_right": 1.2}
     sim_ablations.write_results(tmp_path, [good, bad], reference)
     table = (tmp_path / "results.md").read_text()
