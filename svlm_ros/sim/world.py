@@ -164,8 +164,15 @@ def parse_event(text: str) -> tuple[str, str, str, str] | None:
     """The event words (kind, colour, shape, direction) of a sentence, or None if it names no
     event. Tolerant of case, articles and extra words around the event."""
     match = _EVENT_PATTERN.search(text.lower())
-    if match is None:
-        return None
+    return None if match is None else _event_words(match)
+
+
+def parse_events(text: str) -> list[tuple[str, str, str, str]]:
+    """The event words of every event a text names, in order (a narration's previous text)."""
+    return [_event_words(match) for match in _EVENT_PATTERN.finditer(text.lower())]
+
+
+def _event_words(match: re.Match) -> tuple[str, str, str, str]:
     kind = next(k for k in KINDS if match.group(k))
     direction = match["direction"] or ""
     direction = {"top": "up", "bottom": "down"}.get(direction, direction)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from svlm_ros.sim.bag_writer import BagSettings, write_world_bag
-from svlm_ros.sim.world import COLOURS, SHAPES, World, WorldConfig, parse_event
+from svlm_ros.sim.world import COLOURS, SHAPES, World, WorldConfig, parse_event, parse_events
 
 
 def test_same_seed_same_world_other_seed_other_world():
@@ -48,6 +48,12 @@ def test_ground_truth_reads_back_and_names_what_is_seen():
     assert parse_event("nothing new ...") is None
     still = parse_event("The blue square is still there")
     assert still == ("still", "blue", "square", "")
+    # A previous text names many events; every one of them, in order.
+    assert parse_events("the red circle leaves to the left the blue square is still a green "
+                        "triangle enters from the bottom") == [
+        ("leaves", "red", "circle", "left"), ("still", "blue", "square", ""),
+        ("enters", "green", "triangle", "down")]
+    assert parse_events("nothing new") == []
     assert parse_event("the red circle is back from the left") == ("returns", "red", "circle",
                                                                      "left")
 

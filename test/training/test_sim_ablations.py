@@ -4,16 +4,20 @@ themselves are ``svlm-eval``'s, tested there): memory events and questions are c
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from svlm_training import sim_ablations
+from transformers import AutoProcessor
 
+from svlm_ros.engine.prompt_format import PromptFormat
 from svlm_ros.sim.questions import pause_end_questions
 from svlm_ros.sim.world import World, WorldConfig
 
 SECONDS = 1200
+MODEL = Path(__file__).resolve().parents[2] / "config" / "sim_narrator"
 
 
-def write_run(folder, world, say, answer, wall_seconds=90.0):
+def write_run(folder, world, say, answer, wall_seconds=90.0, text_tokens=(128, 256)):
     folder.mkdir(parents=True)
     rows = [{"second": s, "text": say(s), "latency": 0.01, "cache_tokens": 100}
             for s in range(SECONDS)]
@@ -22,8 +26,11 @@ def write_run(folder, world, say, answer, wall_seconds=90.0):
     (folder / "answers.jsonl").write_text("".join(
         json.dumps({"second": q.second, "question": q.question, "answer": answer(q)}) + "\n"
         for q in questions))
-    (folder / "scores.json").write_text(json.dumps({"stopped_early": False,
-                                                    "wall_seconds": wall_seconds}))
+    cache = {"text_sink_tokens": text_tokens[0], "text_window_tokens": text_tokens[1],
+             "vision_window_seconds": 8}
+    (folder / "scores.json").write_text(json.dumps({
+        "stopped_early": False, "wall_seconds": wall_seconds,
+        "settings": {"max_new_tokens": 16, "cache": cache}}))
     return questions
 
 
@@ -34,9 +41,12 @@ def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
     # A narrator without memory: a shape that is back merely enters, a still one is not seen.
     forgetful = lambda s: (truth(s).replace("is back", "enters")  # noqa: E731
                            if "is still" not in truth(s) else "")
-    write_run(tmp_path / "text0", world, forgetful, lambda q: "I do not know", wall_seconds=30.0)
-    good = sim_ablations.summarize("bounded", tmp_path / "bounded", world, questions)
-    bad = sim_ablations.summarize("text0", tmp_path / "text0", world, questions)
+    write_run(tmp_path / "text0", world, forgetful, lambda q: "I do not know", wall_seconds=30.0,
+              text_tokens=(0, 0))
+    prompt_format = PromptFormat(AutoProcessor.from_pretrained(MODEL).tokenizer)
+    good = sim_ablations.summarize("bounded", tmp_path / "bounded", world, questions,
+                                   prompt_format)
+    bad = sim_ablations.summarize("text0", tmp_path / "text0", world, questions, prompt_format)
     assert good["accuracy"] == good["memory_accuracy"] == 1.0
     assert set(good["kind_accuracy"].values()) == {1.0} and len(good["kind_accuracy"]) == 6
     # The forgetful narrator gets every new shape right and no returning or still one.
@@ -49,6 +59,10 @@ def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
     assert good["distinct_answers"] > 2 and bad["distinct_answers"] == 1
     # Each setting's replay time is its own svlm-eval's, not this call's.
     assert (good["replay_minutes"], bad["replay_minutes"]) == (1.5, 0.5)
+    # Narrated right with a text window, every answer is still in the cache's text; with no
+    # text window none is (pause-end questions are about leavings 50 s old or more).
+    assert good["questions_in_cache"] == good["questions_right_in_cache"] == len(questions)
+    assert bad["questions_in_cache"] == bad["questions_right_in_cache"] == 0
     reference = {"always_silent": 0.5, "chance": 0.25, "seed": 31, "seconds": SECONDS,
                  "model": "m", "replay_minutes": 2.0, "questions": len(questions),
                  "questions_constant_right": 3, "questions_chance_right": 1.2}
@@ -60,5 +74,6 @@ def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
     assert "| text0 | 100.0 | 100.0 | 100.0 | 100.0 | 0.0 | 0.0 |" in table
     assert "best constant answer per kind (always the same colour, always the same shape) " \
         "gets 3, random words 1.2. Distinct answers per setting: bounded " in table
+    assert f"answered right: bounded {len(questions)} ({len(questions)}), text0 0 (0)." in table
     assert (tmp_path / "ablations.png").stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["results"][1]["setting"] == "text0"

@@ -35,6 +35,7 @@ import math
 import sys
 from pathlib import Path
 
+from svlm_ros.engine.prompt_format import PromptFormat
 from svlm_ros.sim.bag_writer import BagSettings, write_world_bag
 from svlm_ros.sim.questions import (
     answer_is_right,
@@ -44,6 +45,7 @@ from svlm_ros.sim.questions import (
 )
 from svlm_ros.sim.scoring import accuracy_by_kind, chance_accuracy, score_narration, total
 from svlm_ros.sim.world import FIRST_HELD_OUT_SEED, KINDS, World, WorldConfig
+from svlm_training.cache_text import latest_leaving_answers, text_in_cache
 from svlm_training.sim_narrator import IMAGE_TOPIC, NARRATOR_SETTINGS, TEXT_TOPIC
 
 SETTINGS = {
@@ -114,7 +116,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarize(name: str, folder: Path, world: World, questions) -> dict:
+def summarize(name: str, folder: Path, world: World, questions,
+              prompt_format: PromptFormat | None = None) -> dict:
+    """One setting's scores from its replay folder. With the model's ``prompt_format``, also
+    how many questions the cache's text could still answer (``questions_in_cache``)."""
     rows = read_jsonl(folder / "transcript.jsonl")
     narration = [(int(round(row["second"])), row["text"]) for row in rows]
     slices = score_narration(world, narration, SLICE_SECONDS)
@@ -125,6 +130,16 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
     right = sum(answer_is_right(q, answers[q.second, q.question].get("answer", ""))
                 for q in asked)
     scores = json.loads((folder / "scores.json").read_text())
+    in_cache = right_in_cache = None
+    if prompt_format is not None and "settings" in scores:
+        words = [text for _, text in sorted(narration)]
+        given = {int(round(a["round"])) - 1: a.get("answer", "")
+                 for a in answers.values() if a.get("round") is not None}
+        held = [q for q in asked if latest_leaving_answers(
+            q, text_in_cache(prompt_format, scores["settings"], words, given, q.second))]
+        in_cache = len(held)
+        right_in_cache = sum(answer_is_right(q, answers[q.second, q.question].get("answer", ""))
+                             for q in held)
     latencies = [row["latency"] for row in rows]
     return {
         "setting": name,
@@ -145,6 +160,10 @@ def summarize(name: str, folder: Path, world: World, questions) -> dict:
                     "always_silent": s.always_silent} for s in slices],
         "questions_asked": len(asked),
         "questions_right": right,
+        # Asked questions whose answer the cache's text still held (the latest leaving it
+        # narrates is the one asked about): the rest no reading of the cache could answer.
+        "questions_in_cache": in_cache,
+        "questions_right_in_cache": right_in_cache,
         # Few distinct answers mean a constant guess, not memory (see constant_answer_right).
         "distinct_answers": len({answers[q.second, q.question].get("answer", "").strip().lower()
                                  for q in asked}),
@@ -190,6 +209,13 @@ def write_results(out: Path, results: list[dict], reference: dict) -> None:
                   f"{reference['questions_chance_right']:.1f}. Distinct answers per setting: "
                   + ", ".join(f"{r['setting']} {r.get('distinct_answers', '-')}"
                               for r in results) + "."]
+        if any(r.get("questions_in_cache") is not None for r in results):
+            lines += ["", "Questions whose answer the cache's text still held when asked (the "
+                      "latest leaving it narrates is the one asked about), and of those "
+                      "answered right: " + ", ".join(
+                          f"{r['setting']} {r['questions_in_cache']} "
+                          f"({r['questions_right_in_cache']})"
+                          for r in results if r.get("questions_in_cache") is not None) + "."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"results": results, **reference},
                                                  indent=2) + "\n")
@@ -300,7 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         print(f"svlm-sim-ablations: error: {error}", file=sys.stderr)
         return 1
-    results = [summarize(name, folder, world, questions) for name, folder in folders.items()]
+    from transformers import AutoProcessor
+
+    tokenizer = AutoProcessor.from_pretrained(args.model).tokenizer
+    results = []
+    for name, folder in folders.items():
+        settings = json.loads((folder / "scores.json").read_text()).get("settings", {})
+        prompt_format = PromptFormat(tokenizer, settings.get("system_prompt", ""),
+                                     settings.get("instruction", ""),
+                                     settings.get("previous_text", ""))
+        results.append(summarize(name, folder, world, questions, prompt_format))
     quiet = sum(1 for s in range(args.seconds) if world.event_at(s) is None) / args.seconds
     reference = {"always_silent": quiet, "chance": chance_accuracy(quiet),
                  "seed": args.seed, "seconds": args.seconds, "model": str(args.model),
