@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from svlm_ros.engine.cache_policy import CachePolicyConfig, cut_previous_text
 from svlm_ros.engine.prompt_format import PromptFormat
-from svlm_ros.sim.questions import MemoryQuestion
+from svlm_ros.sim.questions import SIDES, MemoryQuestion
 from svlm_ros.sim.world import parse_events
 from svlm_training.chunking import moved_ids, narration_ids
 
@@ -34,20 +34,19 @@ def text_in_cache(prompt_format: PromptFormat, settings: dict, words: Sequence[s
     cache = settings["cache"]
     policy = CachePolicyConfig(text_sink_tokens=cache["text_sink_tokens"],
                                text_window_tokens=cache["text_window_tokens"])
-    in_window = second + 1 - cache["vision_window_seconds"]
+    first_in_window = max(0, second + 1 - cache["vision_window_seconds"])
     ids = list(prompt_format.initial_previous_text_ids())
-    for earlier, text in enumerate(words[:max(0, in_window)]):
+    for earlier, text in enumerate(words[:first_in_window]):
         ids += moved_ids(prompt_format, narration_ids(
             prompt_format, text, settings["max_new_tokens"], answers.get(earlier, "")))
     previous = prompt_format.tokenizer.decode(cut_previous_text(ids, policy))
-    return " ".join([previous, *words[max(0, in_window):second + 1]])
+    return " ".join([previous, *words[first_in_window:second + 1]])
 
 
 def latest_leaving_answers(question: MemoryQuestion, text: str) -> bool:
     """Whether the latest leaving that ``text`` narrates (on the question's side, if it names
     one) is the shape the question asks about: the text could answer it."""
-    side = next((s for s in ("left", "right", "top", "bottom")
-                 if question.question.endswith(f"to the {s}?")), "")
+    side = next((s for s in SIDES if question.question.endswith(f"to the {s}?")), "")
     side = {"top": "up", "bottom": "down"}.get(side, side)
     leavings = [event for event in parse_events(text)
                 if event[0] == "leaves" and (not side or event[3] == side)]
