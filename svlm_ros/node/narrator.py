@@ -70,6 +70,8 @@ NODE_NAME = "narrator"
 DEFAULT_NAMESPACE = "/svlm"
 # From the start of shutdown to a forced exit (exit_watchdog): the README promises 5 s.
 EXIT_DEADLINE_SECONDS = 4.5
+# The longest the main thread waits for ROS work before it looks at Python's signals again.
+SPIN_WAKE_SECONDS = 0.5
 
 
 class NarratorNode(LifecycleNode):
@@ -352,6 +354,11 @@ def main(args: list[str] | None = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a node that
     # does not stop, or stops narrating, is waiting, without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a non-interactive shell, which ignores SIGINT for its
+        # background jobs: a ROS node is stopped with SIGINT (ros2 launch sends it), so take
+        # it back; rclpy's handler then passes it on to Python's.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     rclpy.init(args=args)
     node: NarratorNode | None = None
     executor: MultiThreadedExecutor | None = None
@@ -373,7 +380,12 @@ def main(args: list[str] | None = None) -> int:
             # seconds), status, lifecycle and parameter services already answer.
             executor.create_task(node.start)
         try:
-            executor.spin()
+            # spin() with a bounded wait: the main thread comes back to Python at least every
+            # SPIN_WAKE_SECONDS, so a SIGINT that Python's handler saw (rclpy chains to it)
+            # raises KeyboardInterrupt even if rclpy's own shutdown of the context got lost.
+            # A CI run had the node sit in an unbounded wait 30 s after SIGINT, stacks showing.
+            while rclpy.ok():
+                executor.spin_once(timeout_sec=SPIN_WAKE_SECONDS)
         except RCLError:
             # A signal shuts the context down between two iterations of spin; the next wait
             # set then fails with "context is not valid" instead of ExternalShutdownException.
