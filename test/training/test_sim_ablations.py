@@ -9,7 +9,6 @@ from pathlib import Path
 from svlm_training import sim_ablations
 from transformers import AutoProcessor
 
-from svlm_ros.engine.prompt_format import PromptFormat
 from svlm_ros.sim.questions import pause_end_questions
 from svlm_ros.sim.world import World, WorldConfig
 
@@ -43,10 +42,9 @@ def test_memory_events_and_questions_are_scored_apart_and_tabled(tmp_path):
                            if "is still" not in truth(s) else "")
     write_run(tmp_path / "text0", world, forgetful, lambda q: "I do not know", wall_seconds=30.0,
               text_tokens=(0, 0))
-    prompt_format = PromptFormat(AutoProcessor.from_pretrained(MODEL).tokenizer)
-    good = sim_ablations.summarize("bounded", tmp_path / "bounded", world, questions,
-                                   prompt_format)
-    bad = sim_ablations.summarize("text0", tmp_path / "text0", world, questions, prompt_format)
+    tokenizer = AutoProcessor.from_pretrained(MODEL).tokenizer
+    good = sim_ablations.summarize("bounded", tmp_path / "bounded", world, questions, tokenizer)
+    bad = sim_ablations.summarize("text0", tmp_path / "text0", world, questions, tokenizer)
     assert good["accuracy"] == good["memory_accuracy"] == 1.0
     assert set(good["kind_accuracy"].values()) == {1.0} and len(good["kind_accuracy"]) == 6
     # The forgetful narrator gets every new shape right and no returning or still one.

@@ -116,10 +116,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarize(name: str, folder: Path, world: World, questions,
-              prompt_format: PromptFormat | None = None) -> dict:
-    """One setting's scores from its replay folder. With the model's ``prompt_format``, also
-    how many questions the cache's text could still answer (``questions_in_cache``)."""
+def summarize(name: str, folder: Path, world: World, questions, tokenizer=None) -> dict:
+    """One setting's scores from its replay folder. With the model's ``tokenizer``, also how
+    many questions the cache's text could still answer (``questions_in_cache``)."""
     rows = read_jsonl(folder / "transcript.jsonl")
     narration = [(int(round(row["second"])), row["text"]) for row in rows]
     slices = score_narration(world, narration, SLICE_SECONDS)
@@ -127,19 +126,23 @@ def summarize(name: str, folder: Path, world: World, questions,
     answers = {(int(round(a["second"])), a["question"]): a
                for a in read_jsonl(folder / "answers.jsonl")}
     asked = [q for q in questions if (q.second, q.question) in answers]
-    right = sum(answer_is_right(q, answers[q.second, q.question].get("answer", ""))
-                for q in asked)
+    is_right = {q: answer_is_right(q, answers[q.second, q.question].get("answer", ""))
+                for q in asked}
+    right = sum(is_right.values())
     scores = json.loads((folder / "scores.json").read_text())
     in_cache = right_in_cache = None
-    if prompt_format is not None and "settings" in scores:
+    if tokenizer is not None and "settings" in scores:
+        settings = scores["settings"]
+        prompt_format = PromptFormat(tokenizer, settings.get("system_prompt", ""),
+                                     settings.get("instruction", ""),
+                                     settings.get("previous_text", ""))
         words = [text for _, text in sorted(narration)]
         given = {int(round(a["round"])) - 1: a.get("answer", "")
                  for a in answers.values() if a.get("round") is not None}
         held = [q for q in asked if latest_leaving_answers(
-            q, text_in_cache(prompt_format, scores["settings"], words, given, q.second))]
+            q, text_in_cache(prompt_format, settings, words, given, q.second))]
         in_cache = len(held)
-        right_in_cache = sum(answer_is_right(q, answers[q.second, q.question].get("answer", ""))
-                             for q in held)
+        right_in_cache = sum(is_right[q] for q in held)
     latencies = [row["latency"] for row in rows]
     return {
         "setting": name,
@@ -329,13 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoProcessor
 
     tokenizer = AutoProcessor.from_pretrained(args.model).tokenizer
-    results = []
-    for name, folder in folders.items():
-        settings = json.loads((folder / "scores.json").read_text()).get("settings", {})
-        prompt_format = PromptFormat(tokenizer, settings.get("system_prompt", ""),
-                                     settings.get("instruction", ""),
-                                     settings.get("previous_text", ""))
-        results.append(summarize(name, folder, world, questions, prompt_format))
+    results = [summarize(name, folder, world, questions, tokenizer)
+               for name, folder in folders.items()]
     quiet = sum(1 for s in range(args.seconds) if world.event_at(s) is None) / args.seconds
     reference = {"always_silent": quiet, "chance": chance_accuracy(quiet),
                  "seed": args.seed, "seconds": args.seconds, "model": str(args.model),
